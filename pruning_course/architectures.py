@@ -1,0 +1,221 @@
+"""Architecture adapters: where the decoder blocks and the prunable linears of a model live.
+
+Every method in the course works on "the prunable linear layers of decoder block i". Transformer
+families put those in different places and even store them differently: GPT-2 uses
+``transformers.Conv1D``, whose weight is stored transposed as ``(in_features, out_features)``.
+An :class:`ArchitectureAdapter` hides those differences so the methods see one picture:
+
+* ``adapter.blocks(model)``: the decoder blocks, in order;
+* ``adapter.linears(block)``: ``{name: module}`` of the block's prunable linears;
+* ``weight_matrix(module)``: the weight as ``(out_features, in_features)`` whatever the storage.
+
+Embeddings and the LM head are never in ``linears``: pruning them hurts far more than it saves
+(Wanda and SparseGPT both leave them dense).
+
+The module also makes tiny randomly initialised models of each family for tests and quick mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+PRUNABLE_TYPES = (nn.Linear, Conv1D)
+
+
+def is_prunable_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and GPT-2's ``Conv1D``."""
+    return isinstance(module, PRUNABLE_TYPES)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as an ``(out_features, in_features)`` view sharing storage.
+
+    ``nn.Linear`` stores ``W`` as ``(out, in)`` and computes ``x @ W.T``; GPT-2's ``Conv1D`` stores it
+    as ``(in, out)`` and computes ``x @ W``. In-place edits of the returned view (``mul_``,
+    ``copy_``, indexing) change the layer itself.
+    """
+    if isinstance(module, Conv1D):
+        return module.weight.data.t()
+    if isinstance(module, nn.Linear):
+        return module.weight.data
+    raise TypeError(f"{type(module).__name__} is not a prunable linear layer (nn.Linear or Conv1D)")
+
+
+def set_weight_matrix(module: nn.Module, new_weight: torch.Tensor) -> None:
+    """Write an ``(out_features, in_features)`` matrix into the layer, whatever its storage."""
+    target = weight_matrix(module)
+    if target.shape != new_weight.shape:
+        raise ValueError(f"expected a weight of shape {tuple(target.shape)}, got {tuple(new_weight.shape)}")
+    target.copy_(new_weight.to(target.dtype))
+
+
+def _get(root: nn.Module, dotted: str) -> nn.Module | None:
+    module = root
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Where one family keeps its decoder blocks and the modules that run before them.
+
+    ``blocks_path``: dotted path of the ``nn.ModuleList`` of decoder blocks.
+    ``pre_block_paths``: modules that run before block 0 (embeddings, positions, rotary tables);
+    the calibration engine moves them to the calibration device to capture block-0 inputs.
+    ``embedding_paths`` / ``head_path``: never pruned.
+    """
+
+    family: str
+    blocks_path: str
+    pre_block_paths: tuple[str, ...]
+    embedding_paths: tuple[str, ...]
+    head_path: str
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        blocks = _get(model, self.blocks_path)
+        if not isinstance(blocks, nn.ModuleList):
+            raise ValueError(f"{type(model).__name__} has no decoder blocks at '{self.blocks_path}'")
+        return blocks
+
+    def pre_block_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in (_get(model, p) for p in self.pre_block_paths) if m is not None]
+
+    def embeddings(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in (_get(model, p) for p in self.embedding_paths) if m is not None]
+
+    def head(self, model: nn.Module) -> nn.Module:
+        return _get(model, self.head_path)
+
+    @staticmethod
+    def linears(block: nn.Module) -> dict[str, nn.Module]:
+        """The prunable linears of one decoder block, by name relative to the block."""
+        return {name: m for name, m in block.named_modules() if is_prunable_linear(m)}
+
+    def named_linears(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every prunable linear of the model by its full name (``model.layers.3.mlp.up_proj``)."""
+        return {
+            f"{self.blocks_path}.{i}.{name}": module
+            for i, block in enumerate(self.blocks(model))
+            for name, module in self.linears(block).items()
+        }
+
+
+LLAMA_LIKE = ArchitectureAdapter(
+    family="llama",
+    blocks_path="model.layers",
+    pre_block_paths=("model.embed_tokens", "model.rotary_emb"),
+    embedding_paths=("model.embed_tokens",),
+    head_path="lm_head",
+)
+GPT2 = ArchitectureAdapter(
+    family="gpt2",
+    blocks_path="transformer.h",
+    pre_block_paths=("transformer.wte", "transformer.wpe", "transformer.drop"),
+    embedding_paths=("transformer.wte", "transformer.wpe"),
+    head_path="lm_head",
+)
+OPT = ArchitectureAdapter(
+    family="opt",
+    blocks_path="model.decoder.layers",
+    pre_block_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.project_in"),
+    embedding_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
+    head_path="lm_head",
+)
+
+ADAPTERS_BY_MODEL_TYPE = {
+    "llama": LLAMA_LIKE,
+    "mistral": LLAMA_LIKE,
+    "qwen2": LLAMA_LIKE,
+    "qwen3": LLAMA_LIKE,
+    "gpt2": GPT2,
+    "opt": OPT,
+}
+
+
+def adapter_for(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter for a transformers causal LM, chosen by ``config.model_type``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    adapter = ADAPTERS_BY_MODEL_TYPE.get(model_type)
+    if adapter is None:
+        supported = ", ".join(sorted(ADAPTERS_BY_MODEL_TYPE))
+        raise ValueError(
+            f"no architecture adapter for model_type={model_type!r}; supported: {supported}. "
+            "Add an ArchitectureAdapter to pruning_course.architectures.ADAPTERS_BY_MODEL_TYPE."
+        )
+    adapter.blocks(model)  # fail early if the layout is not what the adapter expects
+    return adapter
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models for tests and quick mode
+# ---------------------------------------------------------------------------------------------
+
+TINY_TEXT = (
+    "Pruning removes weights from a neural network. Magnitude pruning keeps the largest weights; "
+    "Wanda multiplies each weight by the norm of its input activation; SparseGPT solves a layer-wise "
+    "reconstruction problem with the inverse Hessian. The quick brown fox jumps over the lazy dog. "
+    "0123456789 ,.;:!?()[]{}'\"-+=*/\\ \n\n"
+)
+
+
+def tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained in milliseconds; any text can be encoded with it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts or [TINY_TEXT] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def tiny_config(family: str, vocab_size: int = 384):
+    """A small config of each family: 2 blocks, width 64, seconds to run anything on."""
+    from transformers import GPT2Config, LlamaConfig, OPTConfig
+
+    if family == "llama":  # grouped-query attention like SmolLM2 (4 query heads over 2 kv heads)
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+        )
+    if family == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+            bos_token_id=0, eos_token_id=0,
+        )
+    if family == "opt":
+        return OPTConfig(
+            vocab_size=vocab_size, hidden_size=64, ffn_dim=160, num_hidden_layers=2, num_attention_heads=4,
+            word_embed_proj_dim=64, max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+        )
+    raise ValueError(f"unknown tiny family {family!r}; choose llama, gpt2 or opt")
+
+
+TINY_FAMILIES = ("llama", "gpt2", "opt")
+
+
+def tiny_model(family: str = "llama", seed: int = 0, tokenizer=None):
+    """A randomly initialised tiny model of ``family`` and a tokenizer that fits its vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = tiny_config(family, vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,199 @@
+"""The block-by-block calibration engine shared by every calibrated method (Wanda, SparseGPT, ...).
+
+One-shot pruning of an LLM follows the same loop in the SparseGPT (Frantar & Alistarh, 2023,
+Sec. 3.5 / Algorithm 1's outer loop) and Wanda (Sun et al., 2024, Sec. 3) reference code:
+
+1. run the calibration windows through the embeddings and capture what the first decoder block
+   receives: its hidden states *and* every keyword argument (transformers 5 passes
+   ``position_embeddings``, ``attention_mask``, ``position_ids``, ...);
+2. for each decoder block in turn:
+   a. forward the captured inputs through the block while hooks on its linear layers accumulate
+      input statistics (``x x^T`` for SparseGPT, ``sum x_j^2`` for Wanda);
+   b. hand the block and its statistics to the method, which prunes (or quantizes) the block;
+   c. forward the inputs again so the *pruned* block's outputs become the next block's inputs:
+      later blocks are calibrated on what they will really see.
+
+Only one block's inputs and outputs are held at a time, and only the block being processed has to
+sit on ``device``: the rest of the model can stay on the CPU (sequential onloading).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .architectures import ArchitectureAdapter, weight_matrix
+
+
+class InputStatistic:
+    """Accumulates a statistic of the inputs a linear layer sees, in float32."""
+
+    def __init__(self, module: nn.Module):
+        self.in_features = weight_matrix(module).shape[1]
+        self.tokens = 0
+
+    def add(self, inputs: torch.Tensor) -> None:
+        x = inputs.reshape(-1, inputs.shape[-1]).float()
+        self.tokens += x.shape[0]
+        self._accumulate(x)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class SquaredInputNorm(InputStatistic):
+    """Wanda's statistic: for every input feature j, the mean over tokens of ``x_j^2``.
+
+    ``sqrt`` of it is the ``||X_j||_2`` of Wanda's score (Eq. 1) up to a constant factor
+    ``sqrt(tokens)``, which changes no ranking within a row.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.sum_sq = torch.zeros(self.in_features, device=module.weight.device)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        self.sum_sq += x.pow(2).sum(dim=0)
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.sum_sq / max(self.tokens, 1)
+
+
+class InputHessian(InputStatistic):
+    """SparseGPT's / GPTQ's layer Hessian ``H = (2 / n) * sum_i x_i x_i^T`` over the n calibration tokens.
+
+    It is the Hessian of the layer-wise reconstruction loss ``||W X - W' X||^2`` with respect to
+    each row of ``W'`` (SparseGPT, Sec. 3.1).
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.xtx = torch.zeros(self.in_features, self.in_features, device=module.weight.device)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        self.xtx.addmm_(x.t(), x)
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.xtx * (2.0 / max(self.tokens, 1))
+
+
+class _BlockInputsCaptured(Exception):
+    """Raised by the capture hook to stop the forward pass at the first decoder block."""
+
+
+def _to(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    return value
+
+
+def _hidden_states(output: Any) -> torch.Tensor:
+    """Decoder blocks return a tensor in transformers 5 and a tuple in older releases."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    windows: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+    """Run ``windows`` through the embeddings only; return each batch's block-0 (hidden, kwargs)."""
+    first_block = adapter.blocks(model)[0]
+    pre_modules = adapter.pre_block_modules(model)
+    home = next(model.parameters()).device
+    for module in pre_modules:
+        module.to(device)
+
+    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+
+    def hook(_module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        for key in ("cache", "past_key_values", "past_key_value", "layer_past"):
+            kwargs.pop(key, None)
+        kwargs["use_cache"] = False
+        captured.append((hidden, kwargs))
+        raise _BlockInputsCaptured
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _BlockInputsCaptured:
+                pass
+    finally:
+        handle.remove()
+        for module in pre_modules:
+            module.to(home)
+    return captured
+
+
+OnBlock = Callable[[int, nn.Module, dict[str, InputStatistic]], None]
+
+
+@torch.no_grad()
+def run_blockwise(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    windows: torch.Tensor,
+    on_block: OnBlock,
+    *,
+    statistic: type[InputStatistic] | None = SquaredInputNorm,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    description: str = "calibrating",
+) -> None:
+    """Calibrate ``model`` block by block on ``windows`` (an ``(n, seqlen)`` tensor of token ids).
+
+    For each decoder block ``i``, hooks accumulate a ``statistic`` (one instance per prunable linear,
+    or none when ``statistic`` is ``None``) over all calibration tokens, then
+    ``on_block(i, block, stats)`` is called, where ``stats`` maps the block's linear names
+    (``"mlp.up_proj"``) to their statistic. The block is then re-run so its (now pruned) outputs
+    feed block ``i + 1``.
+    """
+    if windows.dim() != 2:
+        raise ValueError(f"calibration windows must be an (n, seqlen) tensor of token ids, got shape {tuple(windows.shape)}")
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
+    was_training = model.training
+    model.eval()
+
+    inputs = capture_block_inputs(model, adapter, windows, batch_size=batch_size, device=device)
+    blocks = adapter.blocks(model)
+    for index, block in enumerate(tqdm(blocks, desc=description, unit="block", disable=not progress)):
+        block.to(device)
+        stats: dict[str, InputStatistic] = {}
+        handles = []
+        if statistic is not None:
+            for name, linear in adapter.linears(block).items():
+                stats[name] = statistic(linear)
+                handles.append(linear.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add(args[0])))
+            try:
+                for hidden, kwargs in inputs:
+                    block(hidden, **kwargs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        on_block(index, block, stats)
+        del stats
+
+        inputs = [(_hidden_states(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+        block.to(home)
+    model.train(was_training)

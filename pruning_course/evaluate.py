@@ -1,0 +1,138 @@
+"""Measuring a (pruned) model: perplexity with the papers' protocol, sparsity, memory.
+
+Perplexity follows the evaluation code of SparseGPT and Wanda: the test split is tokenized once as
+one long sequence, cut into non-overlapping windows of ``seqlen`` tokens (the remainder is dropped),
+and perplexity is ``exp`` of the mean next-token negative log-likelihood over all windows. Every
+window starts without context, so a shorter ``seqlen`` gives a higher perplexity: always report
+``seqlen`` and the token count with the number.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .architectures import ArchitectureAdapter, weight_matrix
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    seqlen: int
+    windows: int
+    eval_tokens: int  # tokens in the evaluated windows (windows * seqlen), as the references count them
+    mean_nll: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"perplexity {self.ppl:.3f} (seqlen {self.seqlen}, {self.eval_tokens:,} tokens in {self.windows} windows)"
+
+
+def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping ``(n, seqlen)`` windows of a 1-D token sequence, remainder dropped."""
+    ids = ids.reshape(-1)
+    if seqlen < 2:
+        raise ValueError(f"seqlen must be at least 2 tokens, got {seqlen}")
+    n = ids.numel() // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ValueError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    ids: torch.Tensor,
+    seqlen: int = 512,
+    *,
+    batch_size: int = 4,
+    max_windows: int | None = None,
+    device=None,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of ``model`` on the 1-D token sequence ``ids`` (the papers' protocol, see module doc)."""
+    windows = eval_windows(ids, seqlen, max_windows)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_nll, predicted = 0.0, 0
+    for batch in tqdm(windows.split(batch_size), desc=f"perplexity@{seqlen}", unit="batch", disable=not progress):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits.float()
+        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        total_nll += float(nll)
+        predicted += batch[:, 1:].numel()
+    model.train(was_training)
+    mean_nll = total_nll / predicted
+    return PerplexityResult(
+        ppl=math.exp(mean_nll), seqlen=seqlen, windows=windows.shape[0], eval_tokens=windows.numel(), mean_nll=mean_nll
+    )
+
+
+def sparsity_report(model: nn.Module, adapter: ArchitectureAdapter) -> dict:
+    """Fraction of zero weights per linear, per block and in total, over the prunable linears only."""
+    blocks, zeros_total, params_total = [], 0, 0
+    for index, block in enumerate(adapter.blocks(model)):
+        linears, zeros_block, params_block = {}, 0, 0
+        for name, linear in adapter.linears(block).items():
+            weight = weight_matrix(linear)
+            zeros, params = int((weight == 0).sum()), weight.numel()
+            linears[name] = zeros / params
+            zeros_block, params_block = zeros_block + zeros, params_block + params
+        blocks.append({"block": index, "sparsity": zeros_block / params_block, "linears": linears})
+        zeros_total, params_total = zeros_total + zeros_block, params_total + params_block
+    return {
+        "sparsity": zeros_total / params_total,
+        "zeros": zeros_total,
+        "prunable_params": params_total,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "blocks": blocks,
+    }
+
+
+def format_sparsity_report(report: dict) -> str:
+    """A small text table of a :func:`sparsity_report`."""
+    lines = [f"{'block':>5}  {'sparsity':>8}  linears"]
+    for block in report["blocks"]:
+        per_linear = "  ".join(f"{name.split('.')[-1]}={s:.2f}" for name, s in block["linears"].items())
+        lines.append(f"{block['block']:>5}  {block['sparsity']:>8.3f}  {per_linear}")
+    lines.append(f"total: {report['sparsity']:.4f} of {report['prunable_params']:,} prunable weights are zero")
+    return "\n".join(lines)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's record of this process's peak resident memory (Linux); True on success."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB since start or the last :func:`reset_peak_rss`."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def size_on_disk_mb(path: str | Path) -> float:
+    """Total size of the files under ``path`` (a saved model directory) in MiB."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20

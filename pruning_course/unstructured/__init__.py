@@ -1,0 +1,11 @@
+"""Unstructured and N:M one-shot pruning methods: magnitude, Wanda, SparseGPT."""
+
+from .magnitude import magnitude_mask, magnitude_masks, prune_magnitude
+from .sparsegpt import prune_sparsegpt, sparsegpt_prune
+from .wanda import prune_wanda, wanda_mask, wanda_scores
+
+__all__ = [
+    "magnitude_mask", "magnitude_masks", "prune_magnitude",
+    "wanda_scores", "wanda_mask", "prune_wanda",
+    "sparsegpt_prune", "prune_sparsegpt",
+]

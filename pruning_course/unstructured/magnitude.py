@@ -1,0 +1,68 @@
+"""Magnitude pruning: remove the weights with the smallest absolute value.
+
+The oldest and simplest criterion (Han et al., 2015, "Learning both Weights and Connections"),
+and the baseline in the SparseGPT (Table 1) and Wanda (Table 2) papers, where each weight matrix
+is thresholded on its own ("layer-wise" magnitude). At 50% on LLMs it already hurts, and beyond
+that it collapses, which is what motivates the calibrated methods.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..architectures import ArchitectureAdapter, weight_matrix
+from ..masks import apply_mask, attach_torch_prune_mask, global_masks, keep_mask, resolve_target
+
+SCOPES = ("matrix", "row", "global")
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float | None, pattern=None, scope: str = "matrix") -> torch.Tensor:
+    """Keep-mask removing the smallest ``|W|`` of one ``(out, in)`` matrix.
+
+    ``scope="matrix"`` ranks the whole matrix (the papers' baseline), ``"row"`` each output row;
+    with an N:M ``pattern`` the ranking is inside groups of M consecutive input weights.
+    """
+    sparsity, nm = resolve_target(sparsity, pattern)
+    return keep_mask(weight.abs(), sparsity, nm, scope=scope)
+
+
+@torch.no_grad()
+def magnitude_masks(
+    model: nn.Module, adapter: ArchitectureAdapter, sparsity: float | None, pattern=None, scope: str = "matrix"
+) -> dict[str, torch.Tensor]:
+    """Keep-masks for every prunable linear of ``model`` (embeddings and LM head excluded)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown magnitude scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    sparsity, nm = resolve_target(sparsity, pattern)
+    linears = adapter.named_linears(model)
+    if scope == "global" and nm is None:
+        return global_masks({name: weight_matrix(m).abs() for name, m in linears.items()}, sparsity)
+    if scope == "global":
+        raise ValueError("an N:M pattern is local to each group of M weights: use scope 'matrix' or 'row' with it")
+    return {name: keep_mask(weight_matrix(m).abs(), sparsity, nm, scope=scope) for name, m in linears.items()}
+
+
+@torch.no_grad()
+def prune_magnitude(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    sparsity: float | None = 0.5,
+    pattern=None,
+    scope: str = "matrix",
+    use_torch_prune: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Magnitude-prune every prunable linear in place and return the keep-masks.
+
+    With ``use_torch_prune=True`` the masks are attached through ``torch.nn.utils.prune`` (as in the
+    PyTorch pruning tutorial) instead of zeroing the weights; make them permanent with
+    ``torch.nn.utils.prune.remove(module, "weight")``.
+    """
+    masks = magnitude_masks(model, adapter, sparsity, pattern, scope)
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        if use_torch_prune:
+            attach_torch_prune_mask(modules[name], mask)
+        else:
+            apply_mask(modules[name], mask)
+    return masks

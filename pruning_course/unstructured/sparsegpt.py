@@ -1,0 +1,130 @@
+"""SparseGPT: massive language models can be accurately pruned in one-shot (Frantar & Alistarh, ICML 2023).
+
+For each linear layer, SparseGPT minimises the layer-wise reconstruction error
+``||W X - W' X||^2`` (Eq. 1) over a sparse ``W'``. It walks the input columns left to right; when
+weight ``w`` in column ``i`` is removed, the optimal-brain-surgeon update spreads its error over the
+columns not yet processed (Eq. 3, with ``[H^-1]`` the inverse Hessian restricted to those columns):
+
+    err = w / [H^-1]_ii,        W[:, i:] -= err * [H^-1]_{i, i:}
+
+Using the upper Cholesky factor of ``H^-1`` gives every restricted inverse at once (Sec. 3.2).
+The mask is chosen adaptively, per block of ``blocksize`` columns, by the OBS saliency
+``w^2 / [H^-1]_ii^2`` (Sec. 3.3); for N:M it is chosen inside each group of M columns just before
+the group is processed (Sec. 3.4). Updates of later blocks are applied lazily, once per block
+(Sec. 3.2, "lazy batch updates"). ``H = 2/n sum x x^T`` is dampened by ``percdamp`` of its mean
+diagonal, and inputs that never fire ("dead" columns) are zeroed, as in the reference code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
+from ..calibration import InputHessian, run_blockwise
+from ..masks import nm_mask, per_matrix_mask, resolve_target
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor of ``(H + damp * I)^-1``, and the mask of dead input columns.
+
+    Dead columns (``H_jj == 0``: the input is always zero) get ``H_jj = 1`` so that ``H`` stays
+    invertible; their weights are irrelevant and are zeroed by the caller.
+    """
+    H = hessian.detach().clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+    H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+    return torch.linalg.cholesky(H_inv, upper=True), dead
+
+
+@torch.no_grad()
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float | None = 0.5,
+    pattern=None,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune one ``(out, in)`` weight matrix given its input Hessian ``(in, in)``.
+
+    Returns ``(new_weight, keep_mask)``: the pruned and error-compensated weights (same dtype as
+    ``weight``) and the boolean keep-mask. The computation runs in float32 on ``weight``'s device.
+    """
+    sparsity, nm = resolve_target(sparsity, pattern)
+    rows, cols = weight.shape
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"the Hessian of a layer with {cols} inputs must be ({cols}, {cols}), got {tuple(hessian.shape)}")
+    if nm is not None:
+        n, m = nm
+        if cols % m or blocksize % m:
+            raise ValueError(f"{n}:{m} needs M to divide the input width ({cols}) and the block size ({blocksize})")
+
+    W = weight.detach().clone().float()
+    H_inv, dead = inverse_hessian_factor(hessian.to(W.device), percdamp)
+    W[:, dead] = 0
+    mask = torch.ones_like(W, dtype=torch.bool)
+
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        W_block = W[:, start:end].clone()
+        H_inv_block = H_inv[start:end, start:end]
+        d = torch.diag(H_inv_block)
+        Q_block = torch.zeros_like(W_block)
+        err_block = torch.zeros_like(W_block)
+        if nm is None:
+            mask_block = per_matrix_mask(W_block.pow(2) / d.pow(2).unsqueeze(0), sparsity)
+        else:
+            mask_block = torch.ones_like(W_block, dtype=torch.bool)
+
+        for i in range(end - start):
+            if nm is not None and i % m == 0:
+                saliency = W_block[:, i : i + m].pow(2) / d[i : i + m].pow(2).unsqueeze(0)
+                mask_block[:, i : i + m] = nm_mask(saliency, n, m)
+            w = W_block[:, i]
+            q = w * mask_block[:, i]
+            err = (w - q) / d[i]
+            W_block[:, i:].addr_(err, H_inv_block[i, i:], alpha=-1.0)
+            Q_block[:, i] = q
+            err_block[:, i] = err
+
+        W[:, start:end] = Q_block
+        mask[:, start:end] = mask_block
+        W[:, end:].addmm_(err_block, H_inv[start:end, end:], alpha=-1.0)
+
+    return W.to(weight.dtype), mask
+
+
+def prune_sparsegpt(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    windows: torch.Tensor,
+    sparsity: float | None = 0.5,
+    pattern=None,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    batch_size: int = 8,
+    device=None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Prune every prunable linear of ``model`` with SparseGPT, block by block; return the keep-masks."""
+    sparsity, nm = resolve_target(sparsity, pattern)
+    masks: dict[str, torch.Tensor] = {}
+
+    def on_block(index: int, block: nn.Module, stats: dict[str, InputHessian]) -> None:
+        for name, linear in adapter.linears(block).items():
+            new_weight, mask = sparsegpt_prune(
+                weight_matrix(linear), stats[name].value, sparsity, nm, blocksize=blocksize, percdamp=percdamp
+            )
+            set_weight_matrix(linear, new_weight)
+            masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()
+
+    run_blockwise(
+        model, adapter, windows, on_block, statistic=InputHessian,
+        batch_size=batch_size, device=device, progress=progress, description="sparsegpt",
+    )
+    return masks
