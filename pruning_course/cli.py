@@ -1,0 +1,350 @@
+"""The ``pruning-course`` command.
+
+    pruning-course prune   --model smollm2-135m --method wanda --sparsity 0.5 [--pattern 2:4] --eval --json OUT [--save DIR]
+    pruning-course eval    --model M_OR_DIR --json OUT
+    pruning-course compare [--json OUT] [--plot PNG]     # the course's headline table
+    pruning-course generate | validate | grade           # the nbgrader course (instructors)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import settings
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one clear line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------
+
+
+def _defaults() -> dict:
+    """Defaults of the model-facing commands: the embedded model, or a tiny one in quick mode."""
+    if settings.quick_mode():
+        return {"model": "tiny-llama", "calib_samples": 4, "seqlen": 128, "max_eval_windows": 8}
+    return {"model": "smollm2-135m", "calib_samples": 32, "seqlen": 512, "max_eval_windows": None}
+
+
+def _add_model_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    parser.add_argument("--model", default=defaults["model"], help="short name (smollm2-135m, tiny-llama, ...), local directory or hub id")
+    parser.add_argument("--dataset", default="wiki-sample", help="wiki-sample (embedded, offline), wikitext2, or a hub dataset")
+    parser.add_argument("--seqlen", type=int, default=defaults["seqlen"], help="tokens per calibration and evaluation window")
+    parser.add_argument("--max-eval-windows", type=int, default=defaults["max_eval_windows"], help="evaluate on the first N test windows only (default: all)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and compute dtype (the papers' numbers are float32)")
+    parser.add_argument("--device", default=None, help="device for calibration and evaluation (default: cpu, or PRUNING_COURSE_DEVICE)")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--json", dest="json_out", type=Path, help="write the results as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_prune_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    parser.add_argument("--calib-samples", type=int, default=defaults["calib_samples"], help="calibration windows (Wanda, SparseGPT)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sampler")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"--{name} must be a positive integer, got {value}")
+
+
+def _load(args):
+    import torch
+
+    from .models import load_model
+
+    device = args.device or settings.default_device()
+    loaded = load_model(args.model, dtype=getattr(torch, args.dtype), device=device, progress=not args.quiet)
+    return loaded, device
+
+
+def _token_splits(tokenizer, dataset: str):
+    from .data import load_token_splits
+
+    return load_token_splits(tokenizer, dataset)
+
+
+def _evaluate(model, adapter, test_ids, args, device) -> dict:
+    from .evaluate import perplexity
+
+    result = perplexity(
+        model, test_ids, args.seqlen, batch_size=args.batch_size, max_windows=args.max_eval_windows,
+        device=device, progress=not args.quiet,
+    )
+    return {"ppl": result.ppl, "seqlen": result.seqlen, "eval_tokens": result.eval_tokens, "eval_windows": result.windows}
+
+
+def _write_json(path: Path | None, payload) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device) -> dict:
+    """Prune in place with one method and measure it; returns the result record.
+
+    The peak-memory record is reset first, so ``peak_rss_mb()`` read after evaluation covers
+    pruning and evaluation (with the model itself resident).
+    """
+    from .evaluate import reset_peak_rss, sparsity_report
+    from .masks import resolve_target
+    from .pruning import prune_model
+
+    target, nm = resolve_target(sparsity, pattern)
+    reset_peak_rss()
+    start = time.perf_counter()
+    if method != "dense":
+        options = {"batch_size": args.batch_size, "device": device, "progress": not args.quiet}
+        prune_model(model, adapter, method, target, nm, windows=windows, **options)
+    prune_seconds = time.perf_counter() - start
+    record = {
+        "method": method,
+        "pattern": "dense" if method == "dense" else (f"{nm[0]}:{nm[1]}" if nm else "unstructured"),
+        "target_sparsity": 0.0 if method == "dense" else target,
+        "sparsity": sparsity_report(model, adapter)["sparsity"],
+        "calib_samples": len(windows) if windows is not None and method in ("wanda", "sparsegpt") else 0,
+        "prune_seconds": round(prune_seconds, 3),
+    }
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_prune(args) -> int:
+    from .data import calibration_windows
+    from .evaluate import peak_rss_mb
+    from .masks import resolve_target
+    from .pruning import check_method, needs_calibration
+
+    check_method(args.method)
+    resolve_target(args.sparsity, args.pattern)  # fail on bad input before loading anything
+    _positive("calib-samples", args.calib_samples)
+    (model, tokenizer, adapter), device = _load(args)
+    splits = _token_splits(tokenizer, args.dataset)
+    windows = None
+    if needs_calibration(args.method):
+        windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+    record = _prune_once(model, adapter, args.method, args.sparsity, args.pattern, windows, args, device)
+    record.update(model=args.model, dataset=args.dataset, seed=args.seed, seqlen=args.seqlen)
+    if args.eval:
+        record.update(_evaluate(model, adapter, splits["test"], args, device))
+    record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
+        record["saved_to"] = str(args.save)
+    _write_json(args.json_out, record)
+    print(_format_table([record]))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import peak_rss_mb, sparsity_report
+
+    (model, tokenizer, adapter), device = _load(args)
+    splits = _token_splits(tokenizer, args.dataset)
+    record = {"model": args.model, "dataset": args.dataset, "sparsity": sparsity_report(model, adapter)["sparsity"]}
+    record.update(_evaluate(model, adapter, splits["test"], args, device))
+    record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    _write_json(args.json_out, record)
+    print(f"{args.model}: perplexity {record['ppl']:.3f} on {args.dataset} test "
+          f"(seqlen {record['seqlen']}, {record['eval_tokens']:,} tokens), sparsity {record['sparsity']:.3f}")
+    return 0
+
+
+COMPARE_METHODS = ("magnitude", "wanda", "sparsegpt")
+COMPARE_PATTERNS = ("unstructured", "2:4")
+
+
+def cmd_compare(args) -> int:
+    import torch
+
+    from .data import calibration_windows
+    from .evaluate import peak_rss_mb
+    from .masks import parse_pattern
+
+    methods = args.methods.split(",")
+    patterns = args.patterns.split(",")
+    for method in methods:
+        if method not in COMPARE_METHODS:
+            raise UsageError(f"unknown method {method!r} in --methods; choose from {', '.join(COMPARE_METHODS)}")
+    for pattern in patterns:
+        parse_pattern(pattern)
+    _positive("calib-samples", args.calib_samples)
+
+    (model, tokenizer, adapter), device = _load(args)
+    splits = _token_splits(tokenizer, args.dataset)
+    windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+    dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    runs = [("dense", None)] + [(m, p) for p in patterns for m in methods]
+    records = []
+    for method, pattern in runs:
+        model.load_state_dict(dense_state)
+        sparsity = None if pattern not in (None, "unstructured") else args.sparsity
+        record = _prune_once(model, adapter, method, sparsity, None if pattern == "unstructured" else pattern, windows, args, device)
+        record.update(_evaluate(model, adapter, splits["test"], args, device))
+        record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        records.append(record)
+        if not args.quiet:
+            print(_format_table([record], header=False), file=sys.stderr)
+    model.load_state_dict(dense_state)
+
+    summary = {
+        "model": args.model, "dataset": args.dataset, "seqlen": args.seqlen, "seed": args.seed,
+        "calib_samples": args.calib_samples, "torch_threads": torch.get_num_threads(), "results": records,
+    }
+    _write_json(args.json_out, summary)
+    print(f"\n{args.model} on {args.dataset} (test perplexity at seqlen {args.seqlen}, "
+          f"{records[0]['eval_tokens']:,} tokens; {args.calib_samples} calibration windows)")
+    print(_format_table(records))
+    if args.plot:
+        plot_comparison(records, args.plot, title=f"{args.model} on {args.dataset}")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+TABLE_COLUMNS = (  # (record key, title, width, format)
+    ("method", "method", 10, "<"), ("pattern", "pattern", 12, "<"), ("sparsity", "sparsity", 8, ">.3f"),
+    ("ppl", "ppl", 10, ">.2f"), ("prune_seconds", "prune s", 8, ">.1f"), ("peak_rss_mb", "peak MB", 8, ">.0f"),
+)
+
+
+def _format_table(records: list[dict], header: bool = True) -> str:
+    lines = ["  ".join(f"{title:{'<' if fmt == '<' else '>'}{width}}" for _, title, width, fmt in TABLE_COLUMNS)] if header else []
+    for record in records:
+        cells = [f"{record[key]:{fmt[0]}{width}{fmt[1:]}}" if key in record else f"{'-':>{width}}" for key, _, width, fmt in TABLE_COLUMNS]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot_comparison(records: list[dict], path: Path, title: str = "") -> None:
+    """Grouped bar chart of perplexity (log scale) per method and pattern."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next((r["ppl"] for r in records if r["method"] == "dense"), None)
+    pruned = [r for r in records if r["method"] != "dense"]
+    patterns = list(dict.fromkeys(r["pattern"] for r in pruned))
+    methods = list(dict.fromkeys(r["method"] for r in pruned))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, method in enumerate(methods):
+        values = [next((r["ppl"] for r in pruned if r["method"] == method and r["pattern"] == p), float("nan")) for p in patterns]
+        bars = ax.bar([x + i * width for x in range(len(patterns))], values, width, label=method)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    if dense is not None:
+        ax.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense ({dense:.1f})")
+    ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(patterns))], [f"50% {p}" if p == "unstructured" else p for p in patterns])
+    ax.set_yscale("log")
+    ax.set_ylabel("test perplexity (log scale)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_generate(args) -> int:
+    from .grading import generate
+
+    for path in generate(args.solutions, args.notebooks):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .grading import validate
+
+    report = validate(args.solutions, args.notebooks)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_grade(args) -> int:
+    from .grading import grade
+
+    report = grade(args.submissions, args.out, solutions_dir=args.solutions)
+    print(report)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = _defaults()
+    parser = argparse.ArgumentParser(prog="pruning-course", description="Prune LLMs and measure them; run the nbgrader course.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune one model with one method, optionally evaluate and save it")
+    _add_model_args(p, defaults)
+    _add_prune_args(p, defaults)
+    p.add_argument("--method", required=True, help="magnitude, wanda or sparsegpt")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove, in (0, 1)")
+    p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4 (implies sparsity 1 - N/M)")
+    p.add_argument("--eval", action="store_true", help="measure test perplexity after pruning")
+    p.add_argument("--save", type=Path, help="save the pruned model (save_pretrained) to this directory")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="perplexity and sparsity of a model or saved directory")
+    _add_model_args(p, defaults)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="dense vs magnitude, Wanda, SparseGPT at 50%% and 2:4 (the headline table)")
+    _add_model_args(p, defaults)
+    _add_prune_args(p, defaults)
+    p.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity to compare at")
+    p.add_argument("--methods", default=",".join(COMPARE_METHODS))
+    p.add_argument("--patterns", default=",".join(COMPARE_PATTERNS), help="comma-separated: unstructured and/or N:M patterns")
+    p.add_argument("--plot", type=Path, help="write a bar chart PNG here")
+    p.set_defaults(func=cmd_compare)
+
+    for name, func, text in (("generate", cmd_generate, "student notebooks from solutions/ (nbgrader generate_assignment)"),
+                             ("validate", cmd_validate, "solutions score full marks, unmodified student notebooks zero")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--solutions", default="solutions")
+        p.add_argument("--notebooks", default="notebooks")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("grade", help="autograde a folder or zip of submissions: feedback HTML + grades CSV")
+    p.add_argument("submissions", help="folder or .zip of submitted notebooks")
+    p.add_argument("--out", required=True, help="output folder for feedback and grades.csv")
+    p.add_argument("--solutions", default="solutions")
+    p.set_defaults(func=cmd_grade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("seqlen", "batch_size", "max_eval_windows"):
+        try:
+            _positive(name.replace("_", "-"), getattr(args, name, None))
+        except UsageError as error:
+            parser.error(str(error))
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, FileNotFoundError) as error:
+        print(f"pruning-course {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
