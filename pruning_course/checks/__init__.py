@@ -1,0 +1,72 @@
+"""Graded checks called by the notebooks' test cells, one module per notebook.
+
+Each check calls the learner's function on seeded random inputs, compares it with the reference
+implementation in this package, and on failure raises :class:`CheckFailed` (an ``AssertionError``,
+which is what nbgrader scores as a failed test) whose message names the likely mistake, e.g.
+"row 3 keeps 62% of its weights: Wanda ranks within each output row". On success a check prints
+one line (to stdout: nbgrader zeroes a test cell that writes to stderr) and returns ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """A graded check did not pass; the message says why and what to look at."""
+
+
+def fail(message: str) -> None:
+    raise CheckFailed(message)
+
+
+def passed(message: str) -> None:
+    print(f"\u2713 {message}")
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def call(fn: Callable, *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+    """Call the learner's ``fn``; turn "not implemented yet" and crashes into clear failures."""
+    name = name or getattr(fn, "__name__", "your function")
+    if not callable(fn):
+        fail(f"expected a function for {name}, got {type(fn).__name__}: pass the function itself, not its result")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        fail(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
+    except CheckFailed:
+        raise
+    except Exception as error:  # the learner's code crashed: say where, do not crash the grader
+        fail(f"{name} raised {type(error).__name__}: {error}")
+
+
+def expect_tensor(value: Any, shape: tuple[int, ...], what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Check type, shape (and dtype) of a returned tensor with a message naming ``what``."""
+    if not isinstance(value, torch.Tensor):
+        fail(f"{what} should be a torch.Tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape):
+        fail(f"{what} should have shape {tuple(shape)}, got {tuple(value.shape)}")
+    if dtype is not None and value.dtype != dtype:
+        hint = " (compare scores with a threshold, or build it with torch.zeros(..., dtype=torch.bool))" if dtype == torch.bool else ""
+        fail(f"{what} should have dtype {dtype}, got {value.dtype}{hint}")
+    return value
+
+
+def expect_keep_mask(mask: Any, shape: tuple[int, ...], what: str = "the mask") -> torch.Tensor:
+    """A keep-mask: True (or 1) where the weight stays, as in ``torch.nn.utils.prune``; returned as bool."""
+    expect_tensor(mask, shape, what)
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            fail(f"{what} should hold only True/False (or 0/1), got values such as {mask.flatten()[:4].tolist()}")
+        mask = mask.bool()
+    return mask
+
+
+def describe_fraction(value: float) -> str:
+    return f"{100 * value:.0f}%"
