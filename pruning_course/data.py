@@ -32,8 +32,14 @@ from __future__ import annotations
 
 import bz2
 import functools
+import hashlib
+import importlib.metadata
+import os
+from pathlib import Path
 
 import torch
+
+from .settings import cache_dir
 
 SPLITS = ("train", "validation", "test")
 
@@ -140,9 +146,39 @@ def tokenize_text(tokenizer, text: str) -> torch.LongTensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def load_token_splits(tokenizer, name: str = WIKI_SAMPLE) -> dict[str, torch.LongTensor]:
-    """:func:`load_corpus` followed by :func:`tokenize_text` on each split."""
-    return {split: tokenize_text(tokenizer, text) for split, text in load_corpus(name).items()}
+TOKEN_CACHE_VERSION = 1  # bump when the split protocol or tokenization call changes
+
+
+def load_token_splits(tokenizer, name: str = WIKI_SAMPLE, cache: bool = True) -> dict[str, torch.LongTensor]:
+    """:func:`load_corpus` followed by :func:`tokenize_text` on each split.
+
+    Parsing and tokenizing the corpus takes seconds; with ``cache=True`` the token ids are kept under
+    ``cache_dir()/tokens/`` for the embedded corpus, keyed by a fingerprint of the tokenizer (its full
+    serialized definition), the gensim version and the protocol version, so any change of tokenizer
+    or protocol gives a fresh tokenization. Hub corpora are not cached here (``datasets`` caches them).
+    """
+    path = _token_cache_path(tokenizer, name) if cache and name == WIKI_SAMPLE else None
+    if path is not None and path.exists():
+        return {split: ids.long() for split, ids in torch.load(path).items()}
+    splits = {split: tokenize_text(tokenizer, text) for split, text in load_corpus(name).items()}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({split: ids.int() for split, ids in splits.items()}, tmp)  # int32 halves the file
+        tmp.replace(path)
+    return splits
+
+
+def _token_cache_path(tokenizer, name: str) -> Path | None:
+    """Cache file for (corpus, tokenizer); ``None`` when the tokenizer cannot be fingerprinted."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    fingerprint = hashlib.sha256(
+        f"{TOKEN_CACHE_VERSION}|{name}|{importlib.metadata.version('gensim')}|{backend.to_str()}".encode()
+    ).hexdigest()[:20]
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return cache_dir() / "tokens" / f"{safe_name}-{fingerprint}.pt"
 
 
 def calibration_windows(ids: torch.LongTensor, n: int, seqlen: int, seed: int = 0) -> torch.LongTensor:

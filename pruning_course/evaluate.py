@@ -69,9 +69,9 @@ def perplexity(
     total_nll, predicted = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc=f"perplexity@{seqlen}", unit="batch", disable=not progress):
         batch = batch.to(device)
-        logits = model(input_ids=batch, use_cache=False).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total_nll += float(nll)
+        logits = model(input_ids=batch, use_cache=False).logits
+        for row_logits, row_ids in zip(logits, batch):  # row by row: no copy of the whole (batch, seq, vocab) tensor
+            total_nll += float(F.cross_entropy(row_logits[:-1].float(), row_ids[1:], reduction="sum"))
         predicted += batch[:, 1:].numel()
     model.train(was_training)
     mean_nll = total_nll / predicted

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architectures import ArchitectureAdapter
+from .architectures import ArchitectureAdapter, weight_matrix
+from .masks import resolve_target
 from .unstructured import prune_magnitude, prune_sparsegpt, prune_wanda
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -21,6 +22,21 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of: {', '.join(METHODS)}")
     return method
+
+
+def check_pattern_fits(model: nn.Module, adapter: ArchitectureAdapter, pattern) -> None:
+    """Fail before any weight changes if an N:M pattern does not divide some layer's input width."""
+    _, nm = resolve_target(None if pattern else 0.5, pattern)
+    if nm is None:
+        return
+    misfits = {name: weight_matrix(m).shape[1] for name, m in adapter.named_linears(model).items()
+               if weight_matrix(m).shape[1] % nm[1]}
+    if misfits:
+        name, width = next(iter(misfits.items()))
+        raise ValueError(
+            f"the {nm[0]}:{nm[1]} pattern needs every input width to be a multiple of {nm[1]}, but {len(misfits)} "
+            f"layer(s) do not (e.g. {name} has {width} inputs); choose an M that divides the widths"
+        )
 
 
 def prune_model(
@@ -39,6 +55,7 @@ def prune_model(
     (e.g. ``scope`` for magnitude, ``blocksize``/``percdamp`` for SparseGPT, ``device``).
     """
     check_method(method)
+    check_pattern_fits(model, adapter, pattern)
     if method == "magnitude":  # needs no data: calibration options do not apply
         options = {k: v for k, v in options.items() if k not in CALIBRATION_OPTIONS}
         return prune_magnitude(model, adapter, sparsity, pattern, **options)

@@ -88,7 +88,7 @@ def test_tokenize_text_adds_no_special_tokens(tokenizer):
 def test_token_splits_tokenize_each_split_as_one_string(monkeypatch, tokenizer):
     small = {"train": "one\n\ntwo", "validation": "three", "test": "four\n\nfive"}
     monkeypatch.setattr(data, "load_corpus", lambda name: small)
-    splits = data.load_token_splits(tokenizer, "wiki-sample")
+    splits = data.load_token_splits(tokenizer, "wiki-sample", cache=False)
     for split, text in small.items():
         assert torch.equal(splits[split], data.tokenize_text(tokenizer, text))
 
@@ -149,3 +149,26 @@ def test_wiki_sample_token_counts_with_smollm2():
         pytest.skip(f"SmolLM2-135M is not available: {error}")
     counts = {split: len(ids) for split, ids in data.load_token_splits(tokenizer).items()}
     assert counts == {"train": 566_369, "validation": 74_553, "test": 90_769}
+
+
+def test_token_splits_are_cached_per_tokenizer(monkeypatch, tmp_path):
+    import pruning_course.data as data
+    from pruning_course.architectures import tiny_tokenizer
+
+    monkeypatch.setenv("PRUNING_COURSE_CACHE", str(tmp_path))
+    small = {"train": "alpha beta gamma " * 50, "validation": "delta " * 20, "test": "epsilon zeta " * 30}
+    monkeypatch.setattr(data, "load_corpus", lambda name=data.WIKI_SAMPLE: small)
+    tokenizer = tiny_tokenizer()
+    first = data.load_token_splits(tokenizer)
+    assert len(list((tmp_path / "tokens").iterdir())) == 1
+
+    def no_corpus(name=data.WIKI_SAMPLE):
+        raise AssertionError("the cached tokens should have been used")
+
+    monkeypatch.setattr(data, "load_corpus", no_corpus)
+    second = data.load_token_splits(tokenizer)
+    assert all(torch.equal(first[s], second[s]) and second[s].dtype == torch.long for s in first)
+
+    monkeypatch.setattr(data, "load_corpus", lambda name=data.WIKI_SAMPLE: small)
+    data.load_token_splits(tiny_tokenizer(vocab_size=300))  # another tokenizer: another cache file
+    assert len(list((tmp_path / "tokens").iterdir())) == 2
