@@ -63,38 +63,40 @@ def sparsegpt_prune(
         if cols % m or blocksize % m:
             raise ValueError(f"{n}:{m} needs M to divide the input width ({cols}) and the block size ({blocksize})")
 
-    W = weight.detach().clone().float()
-    H_inv, dead = inverse_hessian_factor(hessian.to(W.device), percdamp)
-    W[:, dead] = 0
-    mask = torch.ones_like(W, dtype=torch.bool)
+    # Work on W^T, (in, out): column i of W is then the contiguous row i, which makes the
+    # per-column rank-1 updates several times faster on a CPU. The math is unchanged.
+    Wt = weight.detach().t().float().contiguous()
+    H_inv, dead = inverse_hessian_factor(hessian.to(Wt.device), percdamp)
+    Wt[dead] = 0
+    keep_t = torch.ones_like(Wt, dtype=torch.bool)
 
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        W_block = W[:, start:end].clone()
+        W_block = Wt[start:end].clone()  # (columns of this block, rows)
         H_inv_block = H_inv[start:end, start:end]
         d = torch.diag(H_inv_block)
-        Q_block = torch.zeros_like(W_block)
         err_block = torch.zeros_like(W_block)
-        if nm is None:
-            mask_block = per_matrix_mask(W_block.pow(2) / d.pow(2).unsqueeze(0), sparsity)
+        if nm is None:  # adaptive mask: lowest OBS saliency w^2 / [H^-1]_ii^2 over the whole block
+            keep_block = per_matrix_mask(W_block.pow(2) / d.pow(2).unsqueeze(1), sparsity)
         else:
-            mask_block = torch.ones_like(W_block, dtype=torch.bool)
+            keep_block = torch.ones_like(W_block, dtype=torch.bool)
 
         for i in range(end - start):
-            if nm is not None and i % m == 0:
-                saliency = W_block[:, i : i + m].pow(2) / d[i : i + m].pow(2).unsqueeze(0)
-                mask_block[:, i : i + m] = nm_mask(saliency, n, m)
-            w = W_block[:, i]
-            q = w * mask_block[:, i]
+            if nm is not None and i % m == 0:  # choose the N:M group's mask just before processing it
+                saliency = W_block[i : i + m].pow(2) / d[i : i + m].pow(2).unsqueeze(1)
+                keep_block[i : i + m] = nm_mask(saliency.t(), n, m).t()
+            w = W_block[i].clone()
+            q = w * keep_block[i]
             err = (w - q) / d[i]
-            W_block[:, i:].addr_(err, H_inv_block[i, i:], alpha=-1.0)
-            Q_block[:, i] = q
-            err_block[:, i] = err
+            W_block[i:].addr_(H_inv_block[i, i:], err, alpha=-1.0)  # OBS update of the remaining columns
+            W_block[i] = q  # exact zeros where pruned
+            err_block[i] = err
 
-        W[:, start:end] = Q_block
-        mask[:, start:end] = mask_block
-        W[:, end:].addmm_(err_block, H_inv[start:end, end:], alpha=-1.0)
+        Wt[start:end] = W_block
+        keep_t[start:end] = keep_block
+        Wt[end:].addmm_(H_inv[start:end, end:].t(), err_block, alpha=-1.0)  # lazy update of later blocks
 
+    W, mask = Wt.t(), keep_t.t()
     return W.to(weight.dtype), mask
 
 
