@@ -264,15 +264,17 @@ def plot_comparison(records: list[dict], path: Path, title: str = "") -> None:
 def cmd_generate(args) -> int:
     from .grading import generate
 
-    for path in generate(args.solutions, args.notebooks):
+    written = generate(args.solutions, args.notebooks, args.assignments)
+    for path in written:
         print(f"wrote {path}")
+    print(f"student notebooks up to date in {args.notebooks}/ ({len(written)} written)")
     return 0
 
 
 def cmd_validate(args) -> int:
     from .grading import validate
 
-    report = validate(args.solutions, args.notebooks)
+    report = validate(args.solutions, args.notebooks, args.assignments, timeout=args.timeout, quick=not args.full)
     print(report)
     return 0 if report.ok else 1
 
@@ -280,7 +282,8 @@ def cmd_validate(args) -> int:
 def cmd_grade(args) -> int:
     from .grading import grade
 
-    report = grade(args.submissions, args.out, solutions_dir=args.solutions)
+    report = grade(args.submissions, args.out, solutions_dir=args.solutions, timeout=args.timeout,
+                   quick=not args.full, wall_timeout=args.wall_timeout)
     print(report)
     return 0
 
@@ -316,19 +319,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a bar chart PNG here")
     p.set_defaults(func=cmd_compare)
 
-    for name, func, text in (("generate", cmd_generate, "student notebooks from solutions/ (nbgrader generate_assignment)"),
-                             ("validate", cmd_validate, "solutions score full marks, unmodified student notebooks zero")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--solutions", default="solutions")
-        p.add_argument("--notebooks", default="notebooks")
-        p.set_defaults(func=func)
+    def course_args(p: argparse.ArgumentParser, execute: bool) -> None:
+        p.add_argument("--solutions", default="solutions", help="instructor source notebooks (nbgrader source format)")
+        if execute:
+            p.add_argument("--timeout", type=int, default=300, help="seconds allowed per notebook cell")
+            p.add_argument("--full", action="store_true", help="execute in full mode (real model) instead of quick mode")
+
+    p = sub.add_parser("generate", help="student notebooks from solutions/ (nbgrader generate_assignment)")
+    course_args(p, execute=False)
+    p.add_argument("--notebooks", default="notebooks")
+    p.add_argument("--assignments", nargs="*", help="only these assignments (default: all)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("validate", help="solutions score full marks, unmodified student notebooks zero, no drift")
+    course_args(p, execute=True)
+    p.add_argument("--notebooks", default="notebooks")
+    p.add_argument("--assignments", nargs="*", help="only these assignments (default: all)")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("grade", help="autograde a folder or zip of submissions: feedback HTML + grades CSV")
+    course_args(p, execute=True)
     p.add_argument("submissions", help="folder or .zip of submitted notebooks")
-    p.add_argument("--out", required=True, help="output folder for feedback and grades.csv")
-    p.add_argument("--solutions", default="solutions")
+    p.add_argument("--out", required=True, help="output folder for feedback/, grades.csv and the gradebook")
+    p.add_argument("--wall-timeout", type=float, default=None, help="seconds allowed per student notebook in all")
     p.set_defaults(func=cmd_grade)
     return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the input or the environment: one clear line and exit status 2, no traceback."""
+    from .grading import GradingError
+    from .models import ModelUnavailableError
+
+    return UsageError, ValueError, FileNotFoundError, ConnectionError, GradingError, ModelUnavailableError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
     try:
         return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError) as error:
+    except _user_errors() as error:
         print(f"pruning-course {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,130 @@
+"""nbgrader preprocessors used by the pruning course's autograder.
+
+Loaded by ``autograder/nbgrader_config.py`` (which puts this directory on
+``sys.path``), so it must only depend on nbgrader and its own dependencies.
+
+``CourseExecute``
+    nbgrader's ``Execute`` aborts the *whole* notebook when the kernel dies
+    (``os._exit``, a segfault in an extension, the OOM killer) or when output
+    stops arriving after a cell finished: the submission then gets no grades
+    and no feedback at all.  And a kernel that ignores the interrupt sent to a
+    timed-out cell (a loop with a bare ``except:``) makes every later cell wait
+    for its own timeout.  ``CourseExecute`` records each of these as an error
+    output on the cell where it happened (shutting a stuck kernel down), marks
+    every later code cell as not executed (an error output, so later test cells
+    score zero instead of full marks for having no output), and lets nbgrader
+    carry on: the cells that ran before keep their credit and feedback is
+    produced.
+"""
+
+from __future__ import annotations
+
+from queue import Empty
+from time import monotonic
+
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbclient.util import ensure_async, run_sync
+from nbformat.v4 import new_output
+from nbgrader.preprocessors import Execute
+from traitlets import Integer
+
+#: ``ename`` of the error output put on the cell during which the kernel died.
+KERNEL_DIED = "KernelDiedError"
+#: ``ename`` of the error output put on code cells skipped after a crash.
+NOT_EXECUTED = "NotExecutedError"
+#: ``ename`` used when output of a finished cell did not arrive in time.
+OUTPUT_LOST = "OutputTimeoutError"
+#: ``ename`` put on a timed-out cell whose kernel ignored the interrupt.
+KERNEL_STUCK = "KernelUnresponsiveError"
+
+
+def _error(ename: str, evalue: str):
+    return new_output("error", ename=ename, evalue=evalue,
+                      traceback=[f"\x1b[0;31m{ename}\x1b[0m: {evalue}"])
+
+
+def _label(cell, index: int) -> str:
+    """How messages name a cell: its position in the notebook and its nbgrader id."""
+    grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+    return f"cell {index + 1}" + (f" ({grade_id})" if grade_id else "")
+
+
+class CourseExecute(Execute):
+    """``Execute`` that survives a dead or stuck kernel (see the module docstring)."""
+
+    interrupt_grace = Integer(
+        30,
+        help="Seconds a kernel gets to respond after a timed-out cell was interrupted. A kernel that "
+             "does not (the code ignores KeyboardInterrupt, e.g. a loop with a bare except) is shut "
+             "down and the later cells are marked not executed, instead of each waiting for its own "
+             "timeout.",
+    ).tag(config=True)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._died_in = None  # label of the cell where the kernel died or got stuck
+        return super().preprocess(nb, resources, km)
+
+    async def _async_responds(self, seconds: float) -> bool:
+        """Whether the kernel answers a kernel_info request (queued behind any running code)."""
+        msg_id = await ensure_async(self.kc.kernel_info())
+        deadline = monotonic() + seconds
+        while monotonic() < deadline:
+            try:
+                msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=1))
+            except Empty:
+                if not await ensure_async(self.kc.is_alive()):
+                    return False
+                continue
+            if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return True
+        return False
+
+    _responds = run_sync(_async_responds)
+
+    def preprocess_cell(self, cell, resources, index):
+        if getattr(self, "_died_in", None) is not None:
+            if cell.cell_type == "code" and cell.source.strip():
+                cell.outputs = [_error(NOT_EXECUTED, f"not executed: the kernel was lost earlier, in {self._died_in}")]
+                cell.execution_count = None
+            return cell, resources
+        try:
+            cell, resources = super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self._died_in = _label(cell, index)
+            self.log.error("The kernel died while executing %s; later cells are marked not executed",
+                           self._died_in)
+            cell.outputs.append(_error(
+                KERNEL_DIED,
+                "the kernel died while running this cell (the process crashed, called os._exit or "
+                "ran out of memory); later cells were not executed"))
+            return cell, resources
+        except CellTimeoutError as exc:
+            # raised when the output of a cell did not arrive within iopub_timeout after its
+            # reply -- typically because the cell timed out and the kernel ignored the interrupt
+            if not self._responds(self.interrupt_grace):
+                self._shut_down_stuck_kernel(cell, index)
+            else:
+                # an incomplete output must not be mistaken for a passing test
+                self.log.error("Output of %s did not arrive in time: %s", _label(cell, index), exc)
+                cell.outputs.append(_error(
+                    OUTPUT_LOST, "the output of this cell did not arrive in time; the cell is counted as failed"))
+            return cell, resources
+        timed_out = any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError"
+                        for o in cell.get("outputs", []))
+        if timed_out and not self._responds(self.interrupt_grace):
+            self._shut_down_stuck_kernel(cell, index)
+        return cell, resources
+
+    def _shut_down_stuck_kernel(self, cell, index: int) -> None:
+        self._died_in = _label(cell, index)
+        self.log.error("The kernel ignored the interrupt of %s; shutting it down, later cells are "
+                       "marked not executed", self._died_in)
+        cell.outputs.append(_error(
+            KERNEL_STUCK,
+            f"this cell did not finish within the time limit and the kernel did not respond within "
+            f"{self.interrupt_grace} s after it was interrupted (does the code catch KeyboardInterrupt, "
+            "e.g. with a bare except?); the kernel was shut down and later cells were not executed"))
+        try:
+            run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:  # already gone
+            pass
