@@ -80,6 +80,17 @@ def perplexity(
     )
 
 
+def relative_output_error(x: torch.Tensor, weight: torch.Tensor, new_weight: torch.Tensor) -> float:
+    """How much a changed layer changes its outputs: ``||X W^T - X W'^T||_F / ||X W^T||_F``.
+
+    ``x`` holds the layer's inputs ``(..., in)``; weights are ``(out, in)``. Computed in float64.
+    This is the layer-wise objective that SparseGPT minimises (Eq. 1), made relative.
+    """
+    x = x.detach().reshape(-1, x.shape[-1]).double()
+    dense = x @ weight.detach().double().t()
+    return float((dense - x @ new_weight.detach().double().t()).norm() / dense.norm())
+
+
 def sparsity_report(model: nn.Module, adapter: ArchitectureAdapter) -> dict:
     """Fraction of zero weights per linear, per block and in total, over the prunable linears only."""
     blocks, zeros_total, params_total = [], 0, 0

@@ -25,6 +25,28 @@ from ..calibration import InputHessian, run_blockwise
 from ..masks import nm_mask, per_matrix_mask, resolve_target
 
 
+def obs_saliency(w: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
+    """OBS error of removing each weight alone: ``w_q^2 / [H^-1]_qq`` (SparseGPT Eq. 3, OBS 1993).
+
+    ``w`` is one row ``(in,)`` or a whole ``(out, in)`` matrix (all rows share ``H``). With
+    ``H = 2/n X^T X`` the mean squared output error over the n tokens grows by half of it.
+    ``sparsegpt_prune`` ranks by ``w^2 / [U]_qq^2`` with ``U`` the upper Cholesky factor of
+    ``H^-1``: the same quantity for the weights not yet processed (Sec. 3.2).
+    """
+    return w.pow(2) / torch.diagonal(h_inv)
+
+
+def obs_remove_weight(w_row: torch.Tensor, h_inv: torch.Tensor, q: int) -> torch.Tensor:
+    """Remove weight ``q`` of one row optimally (the OBS update, SparseGPT Eq. 3).
+
+    ``delta = -(w_q / [H^-1]_qq) * H^-1[:, q]`` spreads the removed weight over the others so that
+    the layer's output changes least; ``w'_q`` is exactly zero.
+    """
+    new = w_row - (w_row[q] / h_inv[q, q]) * h_inv[:, q]
+    new[q] = 0.0
+    return new
+
+
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of ``(H + damp * I)^-1``, and the mask of dead input columns.
 
