@@ -22,18 +22,7 @@ from pruning_course.checks.sparsegpt import (
 from pruning_course.unstructured import sparsegpt_prune
 from pruning_course.unstructured.sparsegpt import inverse_hessian_factor
 
-
-def fails_with(check, fn, *fragments):
-    with pytest.raises(CheckFailed) as info:
-        check(fn)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
-
-def not_implemented(*_args, **_kwargs):
-    raise NotImplementedError()
+from check_support import fails_with, not_implemented
 
 
 def flat(x):

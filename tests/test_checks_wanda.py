@@ -20,18 +20,7 @@ from pruning_course.checks.wanda import (
 from pruning_course.masks import nm_mask, num_to_prune, per_matrix_mask, per_row_mask
 from pruning_course.unstructured import wanda_scores
 
-
-def fails_with(check, fn, *fragments):
-    with pytest.raises(CheckFailed) as info:
-        check(fn)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
-
-
-def not_implemented(*_args, **_kwargs):
-    raise NotImplementedError()
+from check_support import fails_with, not_implemented
 
 
 # ---------------------------------------------------------------------------------------------

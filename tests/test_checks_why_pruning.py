@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import torch
@@ -22,17 +21,8 @@ from pruning_course.inventory import parameter_counts, prune_parameters
 from pruning_course.masks import num_to_prune
 from pruning_course.unstructured import magnitude_mask, prune_magnitude
 
-
-def fails_with(check, fn, pattern: str) -> str:
-    with pytest.raises(CheckFailed) as info:
-        check(fn)
-    message = str(info.value)
-    assert re.search(pattern, message, re.IGNORECASE), message
-    return message
-
-
-def not_implemented(*args, **kwargs):
-    raise NotImplementedError()
+from check_support import fails_matching as fails_with
+from check_support import not_implemented
 
 
 # ---------------------------------------------------------------------------------------------

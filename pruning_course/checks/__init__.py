@@ -68,5 +68,35 @@ def expect_keep_mask(mask: Any, shape: tuple[int, ...], what: str = "the mask") 
     return mask
 
 
+def fmt_values(values: torch.Tensor, n: int = 4) -> str:
+    """The first ``n`` entries of a tensor, for messages: ``[0.1, 2, ...]``."""
+    values = values.detach().flatten()
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values[:n]) + (", ...]" if values.numel() > n else "]")
+
+
+def close_to(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """``value`` equals ``reference`` up to ``rtol`` of the reference's largest entry (and is finite)."""
+    value = value.detach()
+    if tuple(value.shape) != tuple(reference.shape) or not bool(torch.isfinite(value).all()):
+        return False
+    scale = float(reference.detach().abs().max()) or 1.0
+    return bool(((value.double() - reference.double()).abs() <= rtol * scale).all())
+
+
+def scale_factor(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> float | None:
+    """The non-zero ``c`` with ``value == c * reference`` (to ``rtol``), or ``None``.
+
+    Recognises answers that are right up to a constant: a missing ``2/n``, a mean instead of a sum.
+    """
+    value, reference = value.detach().double().flatten(), reference.detach().double().flatten()
+    if value.shape != reference.shape or not bool(torch.isfinite(value).all()):
+        return None
+    denom = float((reference * reference).sum())
+    if denom == 0.0:
+        return None
+    c = float((value * reference).sum()) / denom
+    return c if c != 0.0 and close_to(value, c * reference, rtol) else None
+
+
 def describe_fraction(value: float) -> str:
     return f"{100 * value:.0f}%"

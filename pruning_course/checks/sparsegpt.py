@@ -35,7 +35,7 @@ from torch import nn
 from ..calibration import InputHessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
-from . import CheckFailed, call, expect_tensor, fail, generator, passed
+from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, passed, scale_factor
 
 __all__ = [
     "layer_hessian",
@@ -70,36 +70,6 @@ def relative_reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _fmt(values: torch.Tensor, n: int = 4) -> str:
-    values = values.detach().flatten()
-    return "[" + ", ".join(f"{float(v):.4g}" for v in values[:n]) + (", ...]" if values.numel() > n else "]")
-
-
-def _close(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> bool:
-    """``value`` equals ``reference`` up to ``rtol`` of the reference's largest entry."""
-    value = value.detach()
-    if tuple(value.shape) != tuple(reference.shape) or not bool(torch.isfinite(value).all()):
-        return False
-    scale = float(reference.detach().abs().max()) or 1.0
-    return bool(((value.double() - reference.double()).abs() <= rtol * scale).all())
-
-
-def _factor(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> float | None:
-    """The factor ``c`` with ``value == c * reference`` (to ``rtol``), or ``None``."""
-    value, reference = value.detach().double().flatten(), reference.detach().double().flatten()
-    if value.shape != reference.shape or not bool(torch.isfinite(value).all()):
-        return None
-    denom = float((reference * reference).sum())
-    if denom == 0.0:
-        return None
-    c = float((value * reference).sum()) / denom
-    if c == 0.0:
-        return None
-    if _close(value, c * reference, rtol):
-        return c
-    return None
 
 
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
@@ -178,11 +148,11 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
         if not result.dtype.is_floating_point:
             fail(f"{where}: H should be a floating-point tensor, got {result.dtype}")
         reference = layer_hessian(x)
-        if _close(result, reference):
+        if close_to(result, reference):
             continue
         xd = x.reshape(-1, cols).double()
         gram = xd.t() @ xd
-        c = _factor(result, gram)
+        c = scale_factor(result, gram)
         if c is not None:
             diagnoses = [
                 (1.0, "you returned X^T X: the factor 2/n is missing"),
@@ -206,13 +176,13 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
             fail(f"{where}: your H is {c * n / 2:.4g} times the expected 2/n X^T X (n = {n} tokens): check the "
                  "scaling factor")
         centered = xd - xd.mean(dim=0)
-        if _factor(result, centered.t() @ centered) is not None:
+        if scale_factor(result, centered.t() @ centered) is not None:
             fail(f"{where}: you subtracted the mean of the inputs (a covariance). The Hessian of the reconstruction "
                  "error uses the raw inputs: H = 2/n X^T X")
-        if n == cols and _close(result, 2.0 / n * xd @ xd.t()):
+        if n == cols and close_to(result, 2.0 / n * xd @ xd.t()):
             fail(f"{where}: you computed 2/n X X^T, tokens x tokens (it has the right shape only because this x is "
                  "square). With X as (tokens, in) the Hessian is 2/n X^T X, one row and column per INPUT feature")
-        if _close(result, torch.diag(reference.diagonal())):
+        if close_to(result, torch.diag(reference.diagonal())):
             fail(f"{where}: you returned only the diagonal of H; SparseGPT needs the full matrix 2/n X^T X "
                  "(its off-diagonal entries say how correlated the inputs are)")
         fail(f"{where}: H differs from 2/n X^T X {_first_difference(result, reference)}")
@@ -242,7 +212,7 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
                 fail(f"{where}: the updated row should be a floating-point tensor, got {result.dtype}")
             reference = obs_remove_weight(w, h_inv, q)
             scale = float(w.abs().max())
-            if _close(result, reference, rtol=1e-4) and abs(float(result[q])) <= 1e-5 * scale:
+            if close_to(result, reference, rtol=1e-4) and abs(float(result[q])) <= 1e-5 * scale:
                 continue
             wd, hd, hid = w.double(), hessian.double(), h_inv.double()
             col, d = hid[:, q], hid[q, q]
@@ -271,9 +241,9 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
                  "delta = -(w_q / [H^-1]_qq) * H^-1[:, q] to compensate"),
             ]
             for variant, message in variants:
-                if _close(result, variant):
+                if close_to(result, variant):
                     fail(f"{where}: {message}.")
-            if _close(result, reference, rtol=1e-4):
+            if close_to(result, reference, rtol=1e-4):
                 fail(f"{where}: w'_q should be 0 after removing weight q, you have {float(result[q]):.3g}")
             fail(f"{where}: the updated row differs from w - (w_q / [H^-1]_qq) * H^-1[:, q] "
                  f"{_first_difference(result, reference)}")
@@ -306,7 +276,7 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
         _unchanged(h_inv, h_in, "h_inv", name, where)
         result = expect_tensor(result, shape, f"the saliencies {where}")
         reference = obs_saliency(w, h_inv)
-        if _close(result, reference):
+        if close_to(result, reference):
             continue
         wd, d, h_diag = w.double(), h_inv.double().diagonal(), hessian.double().diagonal()
         variants = [
@@ -335,7 +305,7 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
             (wd.abs(), "that is the magnitude |w| alone: OBS scores eps_q = w_q^2 / [H^-1]_qq"),
         ]
         for variant, message in variants:
-            if _close(result, variant.expand(shape)):
+            if close_to(result, variant.expand(shape)):
                 fail(f"{where}: {message}.")
         hint = (" (w here is a whole (out, in) matrix: does your code assume a 1-D row? w.pow(2) / "
                 "torch.diagonal(h_inv) broadcasts over the rows)") if w.dim() == 2 else ""

@@ -20,7 +20,7 @@ from ..evaluate import relative_output_error
 from ..masks import nm_mask as reference_nm_mask
 from ..masks import num_to_prune, per_matrix_mask, per_row_mask
 from ..unstructured.wanda import wanda_scores as reference_wanda_scores
-from . import CheckFailed, call, expect_keep_mask, expect_tensor, fail, generator, passed
+from . import CheckFailed, call, expect_keep_mask, expect_tensor, fail, fmt_values, generator, passed, scale_factor
 
 __all__ = [
     "check_activation_norm_hook",
@@ -37,24 +37,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def _fmt(values: torch.Tensor, n: int = 4) -> str:
-    return "[" + ", ".join(f"{float(v):.4g}" for v in values.flatten()[:n]) + (", ...]" if values.numel() > n else "]")
-
-
-def _proportional(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-4) -> float | None:
-    """The factor ``c > 0`` with ``value == c * reference`` (to ``rtol``), or ``None``."""
-    value, reference = value.double().flatten(), reference.double().flatten()
-    if value.shape != reference.shape or not bool(torch.isfinite(value).all()):
-        return None
-    denom = float((reference * reference).sum())
-    if denom == 0.0:
-        return None
-    c = float((value * reference).sum()) / denom
-    if not c > 0:
-        return None
-    if torch.allclose(value, c * reference, rtol=rtol, atol=rtol * abs(c) * float(reference.abs().max()) * 1e-3):
-        return c
-    return None
+def _positive_factor(value: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """The factor ``c > 0`` with ``value == c * reference``, or ``None``."""
+    c = scale_factor(value, reference)
+    return c if c is not None and c > 0 else None
 
 
 def _same(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> bool:
@@ -125,12 +111,12 @@ def _diagnose_norm_stat(result: torch.Tensor, inputs: list[torch.Tensor], output
                          "your values are those of the layer's OUTPUT: a forward hook is called as hook(module, args, "
                          "output) and Wanda needs the inputs, args[0]"))
     for variant, message in variants:
-        if _proportional(result, variant) is not None:
+        if _positive_factor(result, variant) is not None:
             fail(f"{where}: {message}.")
     first = int((result.double() / result.double().sum() - reference.double() / reference.double().sum()).abs().argmax())
     fail(f"{where}: your values are not proportional to the mean over all tokens of x_j^2: at feature {first} you "
          f"return {float(result[first]):.6g}, the reference (sum of x_j^2 / number of tokens) is "
-         f"{float(reference[first]):.6g}; reference starts {_fmt(reference)}, yours {_fmt(result)}.")
+         f"{float(reference[first]):.6g}; reference starts {fmt_values(reference)}, yours {fmt_values(result)}.")
 
 
 def _check_norm_result(result, inputs, outputs, out_features: int, where: str) -> float:
@@ -156,8 +142,8 @@ def _check_norm_result(result, inputs, outputs, out_features: int, where: str) -
         fail(f"{where}: collect_act_sq_norms should return shape ({in_features},) (one value per input feature), "
              f"got {shape}")
     if not bool(torch.isfinite(result).all()):
-        fail(f"{where}: your result contains NaN or inf: {_fmt(result)}")
-    factor = _proportional(result, _stat(inputs, in_features))
+        fail(f"{where}: your result contains NaN or inf: {fmt_values(result)}")
+    factor = _positive_factor(result, _stat(inputs, in_features))
     if factor is None:
         _diagnose_norm_stat(result, inputs, outputs, where)
     return factor
@@ -510,7 +496,7 @@ def check_nm_mask(nm_mask: Callable) -> None:
                  f"weights; every group of {m} consecutive weights keeps exactly {n}.")
         r, g = (int(v) for v in (mask != reference).reshape(rows, cols // m, m).any(dim=2).nonzero()[0])
         fail(f"{where}: row {r}, group {g} keeps {n} weights but not the {n} highest: scores "
-             f"{_fmt(scores[r, g * m:(g + 1) * m], m)}, your mask {mask[r, g * m:(g + 1) * m].int().tolist()}, "
+             f"{fmt_values(scores[r, g * m:(g + 1) * m], m)}, your mask {mask[r, g * m:(g + 1) * m].int().tolist()}, "
              f"expected {reference[r, g * m:(g + 1) * m].int().tolist()}.")
 
     # a width that is not a multiple of M
