@@ -264,10 +264,10 @@ def plot_comparison(records: list[dict], path: Path, title: str = "") -> None:
 def cmd_generate(args) -> int:
     from .grading import generate
 
-    written = generate(args.solutions, args.notebooks, args.assignments)
-    for path in written:
-        print(f"wrote {path}")
-    print(f"student notebooks up to date in {args.notebooks}/ ({len(written)} written)")
+    paths = generate(args.solutions, args.notebooks, args.assignments)
+    for path in paths:
+        print(f"  {path}")
+    print(f"{len(paths)} student notebook(s) up to date in {args.notebooks}/")
     return 0
 
 
