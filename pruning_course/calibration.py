@@ -144,6 +144,7 @@ def capture_block_inputs(
 
 
 OnBlock = Callable[[int, nn.Module, dict[str, InputStatistic]], None]
+AfterBlock = Callable[[int, list[torch.Tensor], list[torch.Tensor]], None]
 
 
 @torch.no_grad()
@@ -158,6 +159,7 @@ def run_blockwise(
     device: torch.device | str | None = None,
     progress: bool = True,
     description: str = "calibrating",
+    after_block: AfterBlock | None = None,
 ) -> None:
     """Calibrate ``model`` block by block on ``windows`` (an ``(n, seqlen)`` tensor of token ids).
 
@@ -165,7 +167,10 @@ def run_blockwise(
     or none when ``statistic`` is ``None``) over all calibration tokens, then
     ``on_block(i, block, stats)`` is called, where ``stats`` maps the block's linear names
     (``"mlp.up_proj"``) to their statistic. The block is then re-run so its (now pruned) outputs
-    feed block ``i + 1``.
+    feed block ``i + 1``. ``after_block(i, inputs, outputs)``, if given, then receives the block's
+    per-batch input and output hidden states (methods that score blocks rather than prune them,
+    e.g. :mod:`pruning_course.structured.layers`, pass ``statistic=None`` and a no-op ``on_block``,
+    so each block runs once).
     """
     if windows.dim() != 2:
         raise ValueError(f"calibration windows must be an (n, seqlen) tensor of token ids, got shape {tuple(windows.shape)}")
@@ -194,6 +199,9 @@ def run_blockwise(
         on_block(index, block, stats)
         del stats
 
-        inputs = [(_hidden_states(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+        outputs = [(_hidden_states(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+        if after_block is not None:
+            after_block(index, [hidden for hidden, _ in inputs], [hidden for hidden, _ in outputs])
+        inputs = outputs
         block.to(home)
     model.train(was_training)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architectures import ArchitectureAdapter
-from ..calibration import _hidden_states, capture_block_inputs
+from ..calibration import run_blockwise
 
 __all__ = [
     "angular_distances",
@@ -77,38 +77,30 @@ def _boundary_scores(
     ``x^(k)`` is the hidden state entering block ``k`` (``x^(L)`` leaves the last block, before the
     final norm). Returns a float64 tensor of length ``num_blocks - n + 1``.
     """
-    if windows.dim() != 2:
-        raise ValueError(f"calibration windows must be an (n, seqlen) tensor of token ids, got shape {tuple(windows.shape)}")
-    blocks = adapter.blocks(model)
-    num_blocks = len(blocks)
+    num_blocks = len(adapter.blocks(model))
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= num_blocks:
         raise ValueError(f"n must be an integer between 1 and the number of blocks ({num_blocks}), got {n!r}")
 
-    home = next(model.parameters()).device
-    device = torch.device(device) if device is not None else home
-    was_training = model.training
-    model.eval()
-
-    captured = capture_block_inputs(model, adapter, windows, batch_size=batch_size, device=device)
-    batch_kwargs = [kwargs for _, kwargs in captured]
     # boundaries[k][b]: batch b's hidden state at one block boundary; the deque keeps the last n + 1.
-    boundaries: deque[list[torch.Tensor]] = deque([[hidden for hidden, _ in captured]], maxlen=n + 1)
-    del captured
-
+    boundaries: deque[list[torch.Tensor]] = deque(maxlen=n + 1)
     totals = torch.zeros(num_blocks - n + 1, dtype=torch.float64)
-    tokens = windows.shape[0] * (1 if last_token_only else windows.shape[1])
-    for index, block in enumerate(blocks):
-        block.to(device)
-        boundaries.append([_hidden_states(block(hidden, **kwargs)) for hidden, kwargs in zip(boundaries[-1], batch_kwargs)])
-        block.to(home)
+
+    def after_block(index: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        if not boundaries:
+            boundaries.append(inputs)
+        boundaries.append(outputs)
         if len(boundaries) == n + 1:  # boundaries[0] enters block index + 1 - n, boundaries[-1] leaves block index
-            start = index + 1 - n
             for x_in, x_out in zip(boundaries[0], boundaries[-1]):
                 if last_token_only:
                     x_in, x_out = x_in[:, -1], x_out[:, -1]
                 cos = F.cosine_similarity(x_in.double(), x_out.double(), dim=-1).clamp(-1.0, 1.0)
-                totals[start] += per_token(cos).sum().cpu()
-    model.train(was_training)
+                totals[index + 1 - n] += per_token(cos).sum().cpu()
+
+    run_blockwise(
+        model, adapter, windows, lambda *_: None, statistic=None, batch_size=batch_size, device=device,
+        progress=False, after_block=after_block,
+    )
+    tokens = windows.shape[0] * (1 if last_token_only else windows.shape[1])
     return totals / tokens
 
 
