@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import resource
+import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,3 +149,99 @@ def size_on_disk_mb(path: str | Path) -> float:
     path = Path(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 2**20
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    """Measured CPU/GPU throughput of a model: prompt processing (prefill) and token generation."""
+
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    prefill_seconds: float  # median over repeats, one forward of (batch_size, prompt_tokens)
+    generate_seconds: float  # median over repeats, prefill + new_tokens decoding steps with a KV cache
+    threads: int
+    peak_rss_mb: float
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.batch_size * self.prompt_tokens / self.prefill_seconds
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Generated tokens per second, with the prefill's share of the generation time taken out."""
+        decode = max(self.generate_seconds - self.prefill_seconds, 1e-9)
+        return self.batch_size * self.new_tokens / decode
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "prefill_tokens_per_s": self.prefill_tokens_per_s,
+                "decode_tokens_per_s": self.decode_tokens_per_s}
+
+    def __str__(self) -> str:
+        return (f"prefill {self.prefill_tokens_per_s:,.0f} tok/s ({self.batch_size}x{self.prompt_tokens}), "
+                f"generation {self.decode_tokens_per_s:,.1f} tok/s ({self.new_tokens} new tokens), "
+                f"{self.threads} threads")
+
+
+def _median_seconds(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure_speed(
+    model: nn.Module,
+    *,
+    batch_size: int = 4,
+    prompt_tokens: int = 128,
+    new_tokens: int = 32,
+    repeats: int = 3,
+    warmup: int = 1,
+    prompt_ids: torch.Tensor | None = None,
+    seed: int = 0,
+) -> SpeedResult:
+    """Time ``model`` on this machine: one prompt forward and a greedy generation of ``new_tokens``.
+
+    Measured wall-clock time (median of ``repeats`` after ``warmup`` runs), not a FLOP estimate:
+    what a structurally pruned model buys is only real if it shows up here. Prompts are random token
+    ids (speed does not depend on the text) unless ``prompt_ids`` ``(batch, prompt_tokens)`` is given.
+    Generation always produces exactly ``new_tokens`` tokens (no early stop at end-of-sequence).
+    ``peak_rss_mb`` is this process's peak resident memory during the measurement (weights included;
+    on Linux the peak is reset first, elsewhere it is the process-lifetime peak).
+    """
+    if min(batch_size, prompt_tokens, new_tokens, repeats) < 1 or warmup < 0:
+        raise ValueError("batch_size, prompt_tokens, new_tokens and repeats must be positive, warmup >= 0")
+    device = next(model.parameters()).device
+    if prompt_ids is None:
+        vocab = model.get_input_embeddings().num_embeddings
+        generator = torch.Generator().manual_seed(seed)
+        prompt_ids = torch.randint(0, vocab, (batch_size, prompt_tokens), generator=generator)
+    prompt_ids = prompt_ids.to(device)
+    batch_size, prompt_tokens = prompt_ids.shape
+    attention_mask = torch.ones_like(prompt_ids)
+    was_training = model.training
+    model.eval()
+    reset_peak_rss()
+
+    def prefill():
+        model(input_ids=prompt_ids, attention_mask=attention_mask, use_cache=False)
+
+    def generate():
+        model.generate(
+            input_ids=prompt_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False, pad_token_id=0, eos_token_id=None,
+        )
+
+    prefill_seconds = _median_seconds(prefill, repeats, warmup)
+    generate_seconds = _median_seconds(generate, repeats, warmup)
+    model.train(was_training)
+    return SpeedResult(
+        batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens, prefill_seconds=prefill_seconds,
+        generate_seconds=generate_seconds, threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb(),
+    )
