@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from pruning_course.architectures import TINY_FAMILIES, adapter_for, tiny_config
+from pruning_course.evaluate import perplexity
 from pruning_course.structured import (
     angular_distances,
     block_influence,
@@ -19,6 +20,7 @@ from pruning_course.structured import (
     last_blocks,
     middle_blocks,
     remove_blocks,
+    removal_perplexities,
 )
 
 NUM_BLOCKS = 4
@@ -240,3 +242,16 @@ def test_gpt2_with_position_dependent_attention_scale_is_rejected(tokenizer):
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         remove_blocks(model, adapter_for(model), [1])
     assert len(adapter_for(model).blocks(model)) == NUM_BLOCKS
+
+
+def test_removal_perplexities_equal_evaluating_each_block_removed_and_leave_the_model_unchanged(deep):
+    model, adapter = deep
+    ids = torch.randint(0, model.config.vocab_size, (3 * 16,), generator=torch.Generator().manual_seed(0))
+    before = logits(model, ids[:16].unsqueeze(0))
+    scores = removal_perplexities(model, adapter, ids, seqlen=16, progress=False)
+    assert scores.shape == (NUM_BLOCKS,)
+    for index in range(NUM_BLOCKS):
+        pruned = remove_blocks(copy.deepcopy(model), adapter, [index])
+        assert scores[index].item() == pytest.approx(perplexity(pruned, ids, 16, progress=False).ppl, rel=1e-5)
+    assert torch.equal(logits(model, ids[:16].unsqueeze(0)), before)
+    assert len(adapter.blocks(model)) == NUM_BLOCKS

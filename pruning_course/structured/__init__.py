@@ -14,11 +14,12 @@ from .layers import (
     last_blocks,
     middle_blocks,
     remove_blocks,
+    removal_perplexities,
 )
 
 __all__ = [
     "angular_distances", "block_influence",
     "choose_blocks_to_remove", "choose_consecutive_blocks", "choose_lowest_blocks",
     "first_blocks", "last_blocks", "middle_blocks",
-    "remove_blocks",
+    "remove_blocks", "removal_perplexities",
 ]

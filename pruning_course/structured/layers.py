@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..architectures import ArchitectureAdapter
 from ..calibration import run_blockwise
@@ -52,6 +53,7 @@ __all__ = [
     "last_blocks",
     "middle_blocks",
     "remove_blocks",
+    "removal_perplexities",
 ]
 
 
@@ -154,6 +156,47 @@ def block_influence(
         model, adapter, windows, 1, lambda cos: 1.0 - cos,
         last_token_only=False, batch_size=batch_size, device=device,
     ).float()
+
+
+class _SkippedBlock(nn.Module):
+    """Stands in for a decoder block and passes the residual stream through unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@torch.no_grad()
+def removal_perplexities(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    ids: torch.Tensor,
+    seqlen: int = 512,
+    *,
+    max_windows: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Direct sensitivity: the perplexity of the model with block ``i`` skipped, for every ``i``.
+
+    The most expensive but most direct layer score (one perplexity evaluation per block, on the
+    token sequence ``ids`` with :func:`pruning_course.evaluate.perplexity`'s protocol): the block whose
+    removal raises perplexity least is the most redundant. Angular distance and Block Influence are
+    cheap proxies for this. Each block is replaced in turn by a pass-through module and put back, so
+    the model is unchanged afterwards. Evaluation runs without a KV cache.
+    """
+    from ..evaluate import perplexity
+
+    blocks = adapter.blocks(model)
+    results = []
+    for index in tqdm(range(len(blocks)), desc="removal perplexity", unit="block", disable=not progress):
+        block = blocks[index]
+        blocks[index] = _SkippedBlock()
+        try:
+            results.append(perplexity(model, ids, seqlen, batch_size=batch_size, max_windows=max_windows,
+                                      progress=False).ppl)
+        finally:
+            blocks[index] = block
+    return torch.tensor(results)
 
 
 # ---------------------------------------------------------------------------------------------
