@@ -34,6 +34,7 @@ other models may not, so code that pads a batch must check ``tokenizer.pad_token
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -248,10 +249,25 @@ def _load_embedded(name: str, spec: EmbeddedModel, dtype: torch.dtype, progress:
 
 
 def _from_pretrained(source: str | Path, dtype: torch.dtype):
-    """``(model, tokenizer)`` from a ``save_pretrained`` directory or a Hub id."""
+    """``(model, tokenizer)`` from a ``save_pretrained`` directory or a Hub id.
+
+    A local directory written by :func:`pruning_course.structured.resize.save_pruned` (heads or MLP
+    neurons removed, so blocks differ in shape) is rebuilt with its ``load_pruned``.
+    """
     tokenizer = AutoTokenizer.from_pretrained(source)
+    if _is_structurally_pruned(source):
+        from .structured.resize import load_pruned
+
+        return load_pruned(source, dtype=dtype), tokenizer
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     return model, tokenizer
+
+
+def _is_structurally_pruned(source: str | Path) -> bool:
+    from .structured.resize import CONFIG_FIELD
+
+    config = Path(source) / "config.json"
+    return config.is_file() and CONFIG_FIELD in json.loads(config.read_text())
 
 
 def _from_hub(hub_id: str, dtype: torch.dtype):

@@ -305,3 +305,19 @@ def test_smollm2_loads_and_answers():
     output = loaded.model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_structurally_pruned_directory_loads_through_load_model(tmp_path):
+    from pruning_course.architectures import adapter_for
+    from pruning_course.structured import prune_mlp_width, remove_heads, save_pruned
+
+    model, tokenizer = tiny_model("llama", seed=0)
+    adapter = adapter_for(model)
+    remove_heads(model, adapter, {0: [0, 2]})  # one query head from each of the two kv groups
+    prune_mlp_width(model, adapter, {1: list(range(0, model.config.intermediate_size, 2))})
+    save_pruned(model, tmp_path / "pruned", tokenizer)
+    loaded = load_model(str(tmp_path / "pruned"), progress=False)
+    ids = torch.arange(12).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert loaded.model.model.layers[1].mlp.up_proj.out_features == model.config.intermediate_size // 2
