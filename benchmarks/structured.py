@@ -61,7 +61,7 @@ def plan_layers(model, adapter, windows, num_blocks: int) -> list[dict]:
     variants = []
     influence = block_influence(model, adapter, windows, batch_size=4)
     for fraction in LAYER_FRACTIONS:
-        n = round(fraction * num_blocks)
+        n = max(1, round(fraction * num_blocks))
         distances = angular_distances(model, adapter, windows, n=n, batch_size=4)
         chosen = {
             "angular": choose_consecutive_blocks(distances, n),
@@ -77,6 +77,35 @@ def plan_layers(model, adapter, windows, num_blocks: int) -> list[dict]:
     return variants
 
 
+def plan_heads(model, adapter, windows) -> list[dict]:
+    from pruning_course.structured import choose_heads_to_remove, head_importance
+
+    importance = head_importance(model, adapter, windows, batch_size=4)
+    kv_heads = getattr(model.config, "num_key_value_heads", None)
+    variants = []
+    for fraction in HEAD_FRACTIONS:
+        chosen = choose_heads_to_remove(importance, fraction, num_kv_heads=kv_heads)
+        removed = sum(len(h) for h in chosen.values())
+        variants.append({"kind": "heads", "rule": "michel", "ratio": removed / importance.isfinite().sum().item(),
+                         "heads": {str(layer): heads for layer, heads in chosen.items()}})
+    return variants
+
+
+def plan_width(model, adapter, windows, workdir: Path) -> list[dict]:
+    from pruning_course.structured import choose_neurons_to_keep, mlp_neuron_importance
+
+    scores = mlp_neuron_importance(model, adapter, windows, "wanda_sp", batch_size=4, progress=False)
+    variants = []
+    for fraction in WIDTH_FRACTIONS:
+        keep = choose_neurons_to_keep(scores, 1 - fraction)
+        path = workdir / f"width-{fraction}.pt"
+        torch.save(keep, path)
+        kept = sum(k.numel() for k in keep.values())
+        variants.append({"kind": "width", "rule": "wanda_sp", "ratio": 1 - kept / sum(s.numel() for s in scores),
+                         "keep_file": path.name})
+    return variants
+
+
 def plan(args, workdir: Path) -> list[dict]:
     loaded, _, windows = load(args)
     model, adapter = loaded.model, loaded.adapter
@@ -84,6 +113,10 @@ def plan(args, workdir: Path) -> list[dict]:
     variants = [{"kind": "dense", "rule": "-", "ratio": 0.0}]
     if "layers" in args.only:
         variants += plan_layers(model, adapter, windows, num_blocks)
+    if "heads" in args.only:
+        variants += plan_heads(model, adapter, windows)
+    if "width" in args.only:
+        variants += plan_width(model, adapter, windows, workdir)
     return variants
 
 
@@ -105,6 +138,14 @@ def apply_variant(model, adapter, variant: dict, workdir: Path) -> None:
         from pruning_course.structured import remove_blocks
 
         remove_blocks(model, adapter, variant["blocks"])
+    elif variant["kind"] == "heads":
+        from pruning_course.structured import remove_heads
+
+        remove_heads(model, adapter, {int(layer): heads for layer, heads in variant["heads"].items()})
+    elif variant["kind"] == "width":
+        from pruning_course.structured import prune_mlp_width
+
+        prune_mlp_width(model, adapter, torch.load(workdir / variant["keep_file"]))
     elif variant["kind"] != "dense":
         raise ValueError(f"unknown variant kind {variant['kind']!r}")
 
