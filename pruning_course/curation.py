@@ -343,7 +343,9 @@ def _first_time_seen(text: str) -> bool:
 def naive_global_set_dedup(dataset: datasets.Dataset, num_proc: int | None = None) -> datasets.Dataset:
     """The textbook version: ``dataset.filter`` with a global ``seen`` set. Wrong when ``num_proc > 1``.
 
-    With one process the set sees every row in order and the result equals :func:`exact_dedup`. With
+    In this process (``num_proc=None``) the set sees every row in order and the result equals
+    :func:`exact_dedup`. (``datasets`` runs even ``num_proc=1`` in a worker process; with one worker
+    the answer is still right, but the module-level set in this process never sees a row.) With
     ``num_proc > 1`` the rows are cut into contiguous shards, each worker process has its own copy of the
     set, and a row whose earlier copy sits in another shard is kept: duplicates across shards survive.
     (It has a second trap: the set outlives the call, so this function clears it first; the textbook
@@ -567,11 +569,12 @@ def tokenize_documents(dataset: datasets.Dataset, tokenizer, max_length: int = 1
 
 
 def time_stages(dataset: datasets.Dataset, stages: dict[str, Callable],
-                num_procs: Sequence[int] = (1, 2)) -> list[dict]:
+                num_procs: Sequence[int | None] = (None, 2)) -> list[dict]:
     """Time a pipeline: each stage ``stage(dataset, num_proc) -> dataset`` runs on the previous output.
 
     Returns one row per (num_proc, stage): ``{num_proc, stage, rows_in, rows_out, seconds, docs_per_s}``,
-    where ``docs_per_s`` is input rows per second. With more processes each stage pays for starting
+    where ``docs_per_s`` is input rows per second. ``None`` runs a stage in this process (``datasets``
+    starts a worker process even for ``num_proc=1``). With more processes each stage pays for starting
     workers and writing shards, so small datasets are often faster with ``num_proc=1``.
     """
     rows = []
