@@ -90,22 +90,28 @@ def _write_json(path: Path | None, payload) -> None:
     tmp.replace(path)
 
 
-def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device) -> dict:
+def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device, owl=None) -> dict:
     """Prune in place with one method and measure it; returns the result record.
 
-    The peak-memory record is reset first, so ``peak_rss_mb()`` read after evaluation covers
-    pruning and evaluation (with the model itself resident).
+    ``owl = (M, lambda)`` prunes at OWL's layer-wise sparsities (mean ``sparsity``) instead of a
+    uniform one. The peak-memory record is reset first, so ``peak_rss_mb()`` read after evaluation
+    covers pruning and evaluation (with the model itself resident).
     """
     from .evaluate import reset_peak_rss, sparsity_report
     from .masks import resolve_target
     from .pruning import prune_model
+    from .unstructured import prune_owl
 
     target, nm = resolve_target(sparsity, pattern)
     reset_peak_rss()
     start = time.perf_counter()
+    owl_result = None
     if method != "dense":
         options = {"batch_size": args.batch_size, "device": device, "progress": not args.quiet}
-        prune_model(model, adapter, method, target, nm, windows=windows, **options)
+        if owl is not None:
+            owl_result = prune_owl(model, adapter, windows, target, method, M=owl[0], lam=owl[1], **options)
+        else:
+            prune_model(model, adapter, method, target, nm, windows=windows, **options)
     prune_seconds = time.perf_counter() - start
     record = {
         "method": method,
@@ -115,6 +121,9 @@ def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device
         "calib_samples": len(windows) if windows is not None and method in ("wanda", "sparsegpt") else 0,
         "prune_seconds": round(prune_seconds, 3),
     }
+    if owl_result is not None:
+        record.update(owl_m=owl[0], owl_lambda=owl[1], outlier_ratios=owl_result.outlier_ratios.tolist(),
+                      block_sparsities=owl_result.sparsities.tolist())
     return record
 
 
@@ -129,15 +138,23 @@ def cmd_prune(args) -> int:
     from .masks import resolve_target
     from .pruning import check_method, needs_calibration
 
+    from .unstructured.owl import owl_sparsities
+
     check_method(args.method)
     resolve_target(args.sparsity, args.pattern)  # fail on bad input before loading anything
     _positive("calib-samples", args.calib_samples)
+    owl = None
+    if args.owl:
+        if args.pattern:
+            raise ValueError("--owl sets one unstructured sparsity per block; it cannot be combined with --pattern")
+        owl = (args.owl_m, args.owl_lambda)
+        owl_sparsities([0.0, 1.0], args.sparsity, args.owl_lambda)  # a lambda too large for the target fails here
     (model, tokenizer, adapter), device = _load(args)
     splits = _token_splits(tokenizer, args.dataset)
     windows = None
-    if needs_calibration(args.method):
+    if needs_calibration(args.method) or owl:
         windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
-    record = _prune_once(model, adapter, args.method, args.sparsity, args.pattern, windows, args, device)
+    record = _prune_once(model, adapter, args.method, args.sparsity, args.pattern, windows, args, device, owl)
     record.update(model=args.model, dataset=args.dataset, seed=args.seed, seqlen=args.seqlen)
     if args.eval:
         record.update(_evaluate(model, adapter, splits["test"], args, device))
@@ -304,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4 (implies sparsity 1 - N/M)")
     p.add_argument("--eval", action="store_true", help="measure test perplexity after pruning")
     p.add_argument("--save", type=Path, help="save the pruned model (save_pretrained) to this directory")
+    p.add_argument("--owl", action="store_true", help="OWL layer-wise sparsities (Yin et al. 2024) with mean --sparsity")
+    p.add_argument("--owl-m", type=float, default=5.0, help="OWL: a weight is an outlier above M times its block's mean score")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: block sparsities spread over a band 2*lambda wide")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("eval", help="perplexity and sparsity of a model or saved directory")

@@ -7,6 +7,7 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter, weight_matrix
 from .masks import resolve_target
+from .schedules import BlockSparsity
 from .unstructured import prune_magnitude, prune_sparsegpt, prune_wanda
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -43,7 +44,7 @@ def prune_model(
     model: nn.Module,
     adapter: ArchitectureAdapter,
     method: str,
-    sparsity: float | None = 0.5,
+    sparsity: BlockSparsity = 0.5,
     pattern=None,
     windows: torch.Tensor | None = None,
     **options,
@@ -53,6 +54,8 @@ def prune_model(
     Calibrated methods need ``windows``, an ``(n, seqlen)`` tensor of calibration token ids
     (see :func:`pruning_course.data.calibration_windows`). ``options`` go to the method's driver
     (e.g. ``scope`` for magnitude, ``blocksize``/``percdamp`` for SparseGPT, ``device``).
+    ``sparsity`` may also be one value per decoder block (a sequence or a callable of the block
+    index, see :mod:`pruning_course.schedules`), e.g. from :func:`pruning_course.unstructured.owl.owl_sparsities`.
     """
     check_method(method)
     check_pattern_fits(model, adapter, pattern)

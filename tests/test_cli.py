@@ -35,6 +35,17 @@ def test_prune_writes_the_documented_json(run, tmp_path, method, extra):
     assert method in stdout
 
 
+def test_prune_with_owl_records_the_layerwise_sparsities(run, tmp_path):
+    out = tmp_path / "owl.json"
+    code, _, _ = run("prune", "--method", "wanda", "--sparsity", "0.7", "--owl", "--calib-samples", "4", "--json", str(out), *TINY)
+    assert code == 0
+    record = json.loads(out.read_text())
+    blocks = record["block_sparsities"]
+    assert len(blocks) == len(record["outlier_ratios"]) == 2
+    assert sum(blocks) / 2 == pytest.approx(0.7) and max(blocks) - min(blocks) == pytest.approx(0.16)
+    assert record["owl_m"] == 5.0 and abs(record["sparsity"] - 0.7) < 0.02
+
+
 def test_saved_model_reloads_and_evaluates_with_its_sparsity(run, tmp_path):
     saved, first, second = tmp_path / "pruned", tmp_path / "a.json", tmp_path / "b.json"
     assert run("prune", "--method", "wanda", "--sparsity", "0.5", "--calib-samples", "4", "--eval",
@@ -69,6 +80,8 @@ def test_compare_prints_the_table_and_plots(run, tmp_path):
     (["prune", "--method", "wanda", "--sparsity", "0.5", "--model", "no-such-model"], "no-such-model"),
     (["prune", "--method", "wanda", "--sparsity", "0.5", "--dataset", "no-such-corpus"], "no-such-corpus"),
     (["compare", "--methods", "wanda,obs"], "unknown method 'obs'"),
+    (["prune", "--method", "wanda", "--pattern", "2:4", "--owl"], "cannot be combined with --pattern"),
+    (["prune", "--method", "wanda", "--sparsity", "0.95", "--owl", "--owl-lambda", "0.2"], "too large for target sparsity"),
 ])
 def test_bad_input_gets_a_clear_error_and_exit_status_2(run, argv, message, tmp_path):
     out = tmp_path / "never.json"

@@ -107,3 +107,14 @@ def test_magnitude_scopes():
     per_matrix = magnitude_mask(weight, 0.5, scope="matrix")
     assert (per_row.sum(1) == 16).all()
     assert int(per_matrix.sum()) == 128 and not (per_matrix.sum(1) == 16).all()
+
+
+def test_sparsegpt_prune_never_changes_the_weight_it_is_given_even_a_transposed_view():
+    """GPT-2's Conv1D hands SparseGPT ``W = stored.t()``, whose transpose is the layer's own storage."""
+    stored = torch.randn(16, 8)  # Conv1D layout (in, out)
+    weight = stored.t()  # the (out, in) view weight_matrix returns
+    x = torch.randn(64, 16)
+    before = stored.clone()
+    new_weight, _ = sparsegpt_prune(weight, 2 * x.t() @ x / 64, 0.5)
+    assert torch.equal(stored, before)
+    assert (new_weight == 0).float().mean() == 0.5

@@ -35,6 +35,13 @@ from .layers import (
     remove_blocks,
 )
 from .resize import load_pruned, pruned_structure, save_pruned
+from .sensitivity import (
+    LayerSensitivity,
+    block_parameter_counts,
+    layer_sensitivity,
+    schedule_from_sensitivity,
+    schedule_sparsity,
+)
 from .width import choose_neurons_to_keep, mlp_neuron_importance, neuron_scores, prune_mlp_width
 
 __all__ = [
@@ -45,4 +52,5 @@ __all__ = [
     "first_blocks", "last_blocks", "middle_blocks", "remove_blocks",
     "neuron_scores", "mlp_neuron_importance", "choose_neurons_to_keep", "prune_mlp_width",
     "save_pruned", "load_pruned", "pruned_structure",
+    "LayerSensitivity", "layer_sensitivity", "schedule_from_sensitivity", "schedule_sparsity", "block_parameter_counts",
 ]

@@ -1,6 +1,7 @@
-"""Unstructured and N:M one-shot pruning methods: magnitude, Wanda, SparseGPT."""
+"""Unstructured and N:M one-shot pruning methods: magnitude, Wanda, SparseGPT, and OWL's layer-wise sparsities."""
 
 from .magnitude import magnitude_mask, magnitude_masks, prune_magnitude
+from .owl import OwlResult, outlier_ratio, owl_outlier_ratios, owl_sparsities, prune_owl
 from .sparsegpt import prune_sparsegpt, sparsegpt_prune
 from .wanda import prune_wanda, wanda_mask, wanda_scores
 
@@ -8,4 +9,5 @@ __all__ = [
     "magnitude_mask", "magnitude_masks", "prune_magnitude",
     "wanda_scores", "wanda_mask", "prune_wanda",
     "sparsegpt_prune", "prune_sparsegpt",
+    "outlier_ratio", "owl_outlier_ratios", "owl_sparsities", "prune_owl", "OwlResult",
 ]

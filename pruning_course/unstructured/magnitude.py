@@ -13,6 +13,7 @@ from torch import nn
 
 from ..architectures import ArchitectureAdapter, weight_matrix
 from ..masks import apply_mask, attach_torch_prune_mask, global_masks, keep_mask, resolve_target
+from ..schedules import BlockSparsity, block_sparsities, is_uniform
 
 SCOPES = ("matrix", "row", "global")
 
@@ -29,25 +30,35 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float | None, pattern=None, s
 
 @torch.no_grad()
 def magnitude_masks(
-    model: nn.Module, adapter: ArchitectureAdapter, sparsity: float | None, pattern=None, scope: str = "matrix"
+    model: nn.Module, adapter: ArchitectureAdapter, sparsity: BlockSparsity, pattern=None, scope: str = "matrix"
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks for every prunable linear of ``model`` (embeddings and LM head excluded)."""
+    """Keep-masks for every prunable linear of ``model`` (embeddings and LM head excluded).
+
+    ``sparsity`` is one float, or one per decoder block (see :mod:`pruning_course.schedules`).
+    """
     if scope not in SCOPES:
         raise ValueError(f"unknown magnitude scope {scope!r}; choose one of {', '.join(SCOPES)}")
-    sparsity, nm = resolve_target(sparsity, pattern)
-    linears = adapter.named_linears(model)
+    if scope == "global" and not is_uniform(sparsity):
+        raise ValueError("a global threshold has one sparsity for the whole model: use scope 'matrix' or 'row' with per-block sparsities")
+    blocks = adapter.blocks(model)
+    targets, nm = block_sparsities(sparsity, len(blocks), pattern)
     if scope == "global" and nm is None:
-        return global_masks({name: weight_matrix(m).abs() for name, m in linears.items()}, sparsity)
+        linears = adapter.named_linears(model)
+        return global_masks({name: weight_matrix(m).abs() for name, m in linears.items()}, targets[0])
     if scope == "global":
         raise ValueError("an N:M pattern is local to each group of M weights: use scope 'matrix' or 'row' with it")
-    return {name: keep_mask(weight_matrix(m).abs(), sparsity, nm, scope=scope) for name, m in linears.items()}
+    return {
+        f"{adapter.blocks_path}.{index}.{name}": keep_mask(weight_matrix(m).abs(), targets[index], nm, scope=scope)
+        for index, block in enumerate(blocks)
+        for name, m in adapter.linears(block).items()
+    }
 
 
 @torch.no_grad()
 def prune_magnitude(
     model: nn.Module,
     adapter: ArchitectureAdapter,
-    sparsity: float | None = 0.5,
+    sparsity: BlockSparsity = 0.5,
     pattern=None,
     scope: str = "matrix",
     use_torch_prune: bool = False,

@@ -23,6 +23,7 @@ from torch import nn
 from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
 from ..calibration import InputHessian, run_blockwise
 from ..masks import nm_mask, per_matrix_mask, resolve_target
+from ..schedules import BlockSparsity, block_sparsities
 
 
 def obs_saliency(w: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
@@ -86,8 +87,9 @@ def sparsegpt_prune(
             raise ValueError(f"{n}:{m} needs M to divide the input width ({cols}) and the block size ({blocksize})")
 
     # Work on W^T, (in, out): column i of W is then the contiguous row i, which makes the
-    # per-column rank-1 updates several times faster on a CPU. The math is unchanged.
-    Wt = weight.detach().t().float().contiguous()
+    # per-column rank-1 updates several times faster on a CPU. The math is unchanged. Always a copy:
+    # for GPT-2's Conv1D, weight.t() is the layer's own (contiguous) storage.
+    Wt = weight.detach().t().float().clone(memory_format=torch.contiguous_format)
     H_inv, dead = inverse_hessian_factor(hessian.to(Wt.device), percdamp)
     Wt[dead] = 0
     keep_t = torch.ones_like(Wt, dtype=torch.bool)
@@ -126,7 +128,7 @@ def prune_sparsegpt(
     model: nn.Module,
     adapter: ArchitectureAdapter,
     windows: torch.Tensor,
-    sparsity: float | None = 0.5,
+    sparsity: BlockSparsity = 0.5,
     pattern=None,
     *,
     blocksize: int = 128,
@@ -135,14 +137,18 @@ def prune_sparsegpt(
     device=None,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Prune every prunable linear of ``model`` with SparseGPT, block by block; return the keep-masks."""
-    sparsity, nm = resolve_target(sparsity, pattern)
+    """Prune every prunable linear of ``model`` with SparseGPT, block by block; return the keep-masks.
+
+    ``sparsity`` is one float, or one per decoder block (a sequence or a callable of the block
+    index, see :mod:`pruning_course.schedules`), e.g. OWL's non-uniform schedule.
+    """
+    targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
     masks: dict[str, torch.Tensor] = {}
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputHessian]) -> None:
         for name, linear in adapter.linears(block).items():
             new_weight, mask = sparsegpt_prune(
-                weight_matrix(linear), stats[name].value, sparsity, nm, blocksize=blocksize, percdamp=percdamp
+                weight_matrix(linear), stats[name].value, targets[index], nm, blocksize=blocksize, percdamp=percdamp
             )
             set_weight_matrix(linear, new_weight)
             masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()

@@ -16,6 +16,7 @@ from torch import nn
 from ..architectures import ArchitectureAdapter, weight_matrix
 from ..calibration import SquaredInputNorm, run_blockwise
 from ..masks import apply_mask, keep_mask, resolve_target
+from ..schedules import BlockSparsity, block_sparsities
 
 
 def wanda_scores(weight: torch.Tensor, act_sq_norm: torch.Tensor) -> torch.Tensor:
@@ -41,20 +42,24 @@ def prune_wanda(
     model: nn.Module,
     adapter: ArchitectureAdapter,
     windows: torch.Tensor,
-    sparsity: float | None = 0.5,
+    sparsity: BlockSparsity = 0.5,
     pattern=None,
     *,
     batch_size: int = 8,
     device=None,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Prune every prunable linear of ``model`` with Wanda, block by block; return the keep-masks."""
-    sparsity, nm = resolve_target(sparsity, pattern)
+    """Prune every prunable linear of ``model`` with Wanda, block by block; return the keep-masks.
+
+    ``sparsity`` is one float, or one per decoder block (a sequence or a callable of the block
+    index, see :mod:`pruning_course.schedules`), e.g. OWL's non-uniform schedule.
+    """
+    targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
     masks: dict[str, torch.Tensor] = {}
 
     def on_block(index: int, block: nn.Module, stats: dict[str, SquaredInputNorm]) -> None:
         for name, linear in adapter.linears(block).items():
-            mask = keep_mask(wanda_scores(weight_matrix(linear), stats[name].value), sparsity, nm, scope="row")
+            mask = keep_mask(wanda_scores(weight_matrix(linear), stats[name].value), targets[index], nm, scope="row")
             apply_mask(linear, mask)
             masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()
 

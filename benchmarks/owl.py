@@ -1,0 +1,98 @@
+"""Benchmark OWL (Yin et al., 2024) against uniform sparsity on the embedded model. Prints one JSON document.
+
+Protocol of benchmarks/one_shot.py: wiki-sample, test perplexity at seqlen 512 on the full test
+split, 32 calibration windows of 512 tokens from the train split, seed 0. At 70% sparsity, Wanda and
+SparseGPT each run with the uniform schedule and with OWL's per-block schedule (M = 5, lambda = 0.08,
+the paper's LLaMA setting). The outlier ratios are measured once on the dense model (they do not
+depend on the method) and reused. All runs share one process: the dense weights are restored
+before each run, and peak RSS is not reported per run.
+
+    python benchmarks/owl.py > runs/owl.json                  # the full protocol (slow on a CPU)
+    python benchmarks/owl.py --quick                          # 8 calibration windows, 20 test windows
+    python benchmarks/owl.py --lam 0.04,0.08,0.12 --methods wanda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--sparsity", type=float, default=0.7)
+    parser.add_argument("--M", type=float, default=5.0, help="outlier threshold: score > M * block mean")
+    parser.add_argument("--lam", default="0.08", help="OWL's lambda; a comma-separated list runs each")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-eval-windows", type=int, default=None)
+    parser.add_argument("--methods", default="wanda,sparsegpt")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="reduced run: 8 calibration windows, 20 test windows")
+    args = parser.parse_args()
+    if args.quick:
+        args.calib_samples, args.max_eval_windows = 8, args.max_eval_windows or 20
+    lams = [float(v) for v in args.lam.split(",")]
+    methods = args.methods.split(",")
+
+    import torch
+
+    from pruning_course.data import calibration_windows, load_token_splits
+    from pruning_course.evaluate import perplexity, sparsity_report
+    from pruning_course.models import load_model
+    from pruning_course.pruning import prune_model
+    from pruning_course.unstructured.owl import owl_outlier_ratios, owl_sparsities
+
+    model, tokenizer, adapter = load_model(args.model, progress=False)
+    splits = load_token_splits(tokenizer, "wiki-sample")
+    windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+    dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def evaluate() -> dict:
+        result = perplexity(model, splits["test"], args.seqlen, batch_size=args.batch_size,
+                            max_windows=args.max_eval_windows, progress=False)
+        return {"ppl": result.ppl, "eval_tokens": result.eval_tokens, "eval_windows": result.windows,
+                "sparsity": sparsity_report(model, adapter)["sparsity"]}
+
+    results = [{"method": "dense", "layerwise": "dense", **evaluate()}]
+    print(f"{'dense':>10} {'':>14}  ppl {results[-1]['ppl']:.2f}", file=sys.stderr)
+
+    start = time.perf_counter()
+    ratios = owl_outlier_ratios(model, adapter, windows, args.M, batch_size=args.batch_size, progress=False)
+    outlier_seconds = time.perf_counter() - start
+    schedules = {lam: owl_sparsities(ratios, args.sparsity, lam) for lam in lams}
+
+    runs = [(m, "uniform", None) for m in methods] + [(m, "owl", lam) for m in methods for lam in lams]
+    for method, layerwise, lam in runs:
+        model.load_state_dict(dense_state)
+        sparsity = args.sparsity if lam is None else schedules[lam].tolist()
+        start = time.perf_counter()
+        prune_model(model, adapter, method, sparsity, windows=windows, batch_size=args.batch_size, progress=False)
+        record = {"method": method, "layerwise": layerwise, "target_sparsity": args.sparsity,
+                  "prune_seconds": round(time.perf_counter() - start, 1)}
+        if lam is not None:
+            record.update(lam=lam, M=args.M, block_sparsities=[round(s, 4) for s in schedules[lam].tolist()])
+        record.update(evaluate())
+        results.append(record)
+        label = layerwise if lam is None else f"owl lam={lam:g}"
+        print(f"{method:>10} {label:>14}  ppl {record['ppl']:.2f}  sparsity {record['sparsity']:.4f}", file=sys.stderr)
+    model.load_state_dict(dense_state)
+
+    print(json.dumps({
+        "benchmark": "owl", "model": args.model, "dataset": "wiki-sample", "seqlen": args.seqlen,
+        "calib_samples": args.calib_samples, "max_eval_windows": args.max_eval_windows, "seed": args.seed,
+        "target_sparsity": args.sparsity, "M": args.M, "outlier_ratios": [round(r, 6) for r in ratios.tolist()],
+        "outlier_seconds": round(outlier_seconds, 1), "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "results": results,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
