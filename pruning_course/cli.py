@@ -56,12 +56,23 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def _load(args):
+    """The model named by ``--model``; a compressed file from ``quantize --save`` is decoded onto its base model."""
     import torch
 
     from .models import load_model
 
     device = args.device or settings.default_device()
-    loaded = load_model(args.model, dtype=getattr(torch, args.dtype), device=device, progress=not args.quiet)
+    dtype = getattr(torch, args.dtype)
+    if Path(args.model).is_file():
+        from .quantize import load_compressed, read_metadata
+
+        base = read_metadata(args.model).get("model_name")
+        if base is None:
+            raise UsageError(f"{args.model} does not name its base model, so there is no tokenizer to evaluate it with")
+        loaded = load_compressed(args.model, base, dtype=dtype, progress=not args.quiet)
+        loaded.model.to(device)
+    else:
+        loaded = load_model(args.model, dtype=dtype, device=device, progress=not args.quiet)
     return loaded, device
 
 
@@ -179,6 +190,78 @@ def cmd_eval(args) -> int:
     _write_json(args.json_out, record)
     print(f"{args.model}: perplexity {record['ppl']:.3f} on {args.dataset} test "
           f"(seqlen {record['seqlen']}, {record['eval_tokens']:,} tokens), sparsity {record['sparsity']:.3f}")
+    return 0
+
+
+def _default_group_size(model, adapter) -> int:
+    """GPTQ's usual 128 if it divides every input width, else the largest of 64, 32 that does, else one group per row."""
+    from .architectures import weight_matrix
+
+    widths = {weight_matrix(m).shape[1] for m in adapter.named_linears(model).values()}
+    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), -1)
+
+
+def cmd_quantize(args) -> int:
+    """Optionally prune, then quantize (RTN or GPTQ) every prunable linear; evaluate; save a real compressed file."""
+    from .data import calibration_windows
+    from .evaluate import peak_rss_mb, sparsity_report
+    from .masks import resolve_target
+    from .pruning import check_method, check_pattern_fits, needs_calibration, prune_model
+    from .quantize import check_group_fits, quantize_model, save_compressed
+    from .quantize.rtn import check_bits
+
+    check_bits(args.bits)  # fail on bad input before loading anything
+    if args.method not in ("rtn", "gptq"):
+        raise UsageError(f"unknown quantization method {args.method!r}; choose rtn or gptq")
+    if args.group_size is not None and args.group_size != -1 and args.group_size < 1:
+        raise UsageError(f"--group-size must be a positive integer or -1 (one group per row), got {args.group_size}")
+    target = nm = None
+    if args.prune:
+        check_method(args.prune)
+        target, nm = resolve_target(args.sparsity, args.pattern)
+    elif args.sparsity is not None or args.pattern:
+        raise UsageError("--sparsity/--pattern need --prune METHOD (magnitude, wanda or sparsegpt)")
+    _positive("calib-samples", args.calib_samples)
+    if args.save and args.save.suffix != ".safetensors":
+        raise UsageError(f"--save writes one compressed safetensors file: give a path ending in .safetensors, got {args.save}")
+
+    (model, tokenizer, adapter), device = _load(args)
+    if args.group_size is None:
+        args.group_size = _default_group_size(model, adapter)
+    check_group_fits(model, adapter, args.group_size)
+    if nm:
+        check_pattern_fits(model, adapter, nm)
+    splits = _token_splits(tokenizer, args.dataset)
+    windows = None
+    if args.method == "gptq" or (args.prune and needs_calibration(args.prune)):
+        windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+    options = {"batch_size": args.batch_size, "device": device, "progress": not args.quiet}
+    start = time.perf_counter()
+    masks = prune_model(model, adapter, args.prune, target, nm, windows=windows, **options) if args.prune else None
+    quantized = quantize_model(model, adapter, args.method, args.bits, args.group_size, windows, sym=args.sym,
+                               masks=masks, **options)
+    record = {
+        "model": args.model, "dataset": args.dataset, "seed": args.seed, "seqlen": args.seqlen,
+        "method": f"{args.prune}+{args.method}" if args.prune else args.method,
+        "pattern": (f"{nm[0]}:{nm[1]}" if nm else "unstructured") if args.prune else "dense",
+        "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
+        "sparsity": sparsity_report(model, adapter)["sparsity"],
+        "calib_samples": len(windows) if windows is not None else 0,
+        "prune_seconds": round(time.perf_counter() - start, 3),
+    }
+    if args.eval:
+        record.update(_evaluate(model, adapter, splits["test"], args, device))
+    record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        saved = save_compressed(model, adapter, args.save, quantized, storage=args.storage, model_name=args.model)
+        record.update(saved_to=str(args.save), bytes_on_disk=saved["bytes"],
+                      bits_per_linear_weight=saved["bits_per_linear_weight"])
+    _write_json(args.json_out, record)
+    print(_format_table([record]))
+    if args.save:
+        print(f"saved {record['bytes_on_disk']:,} bytes to {args.save} "
+              f"({record['bits_per_linear_weight']:.2f} bits per linear weight)")
     return 0
 
 
@@ -326,7 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: block sparsities spread over a band 2*lambda wide")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="perplexity and sparsity of a model or saved directory")
+    p = sub.add_parser("quantize", help="RTN or GPTQ quantization (optionally after pruning), evaluated and saved compressed")
+    _add_model_args(p, defaults)
+    _add_prune_args(p, defaults)
+    p.add_argument("--method", default="gptq", help="rtn or gptq (default)")
+    p.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4 or 8")
+    p.add_argument("--group-size", type=int, default=None, help="weights per scale along the input dim (-1: one per row); must divide every input width (default: 128, or the largest of 64, 32 that fits: 64 for SmolLM2)")
+    p.add_argument("--sym", action="store_true", help="symmetric grid (no zero point)")
+    p.add_argument("--prune", default=None, help="prune first with this method (magnitude, wanda, sparsegpt); pruned weights stay zero")
+    p.add_argument("--sparsity", type=float, default=None, help="with --prune: fraction of weights to remove")
+    p.add_argument("--pattern", default=None, help="with --prune: N:M pattern, e.g. 2:4")
+    p.add_argument("--eval", action="store_true", help="measure test perplexity")
+    p.add_argument("--save", type=Path, help="write one compressed .safetensors file (packed ints, bitmask or 2:4 indices)")
+    p.add_argument("--storage", default="auto", choices=["auto", "dense", "bitmask", "nm"], help="how sparse weights are stored")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("eval", help="perplexity and sparsity of a model, saved directory or compressed file")
     _add_model_args(p, defaults)
     p.set_defaults(func=cmd_eval)
 

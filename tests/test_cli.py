@@ -46,6 +46,18 @@ def test_prune_with_owl_records_the_layerwise_sparsities(run, tmp_path):
     assert record["owl_m"] == 5.0 and abs(record["sparsity"] - 0.7) < 0.02
 
 
+def test_quantize_saves_a_compressed_file_that_eval_reloads_exactly(run, tmp_path):
+    saved, first, second = tmp_path / "q.safetensors", tmp_path / "a.json", tmp_path / "b.json"
+    assert run("quantize", "--bits", "4", "--group-size", "32", "--prune", "wanda", "--sparsity", "0.5", "--calib-samples", "4",
+               "--eval", "--save", str(saved), "--json", str(first), *TINY)[0] == 0
+    record = json.loads(first.read_text())
+    assert record["method"] == "wanda+gptq" and abs(record["sparsity"] - 0.5) < 0.01
+    assert record["bytes_on_disk"] == saved.stat().st_size and record["bits_per_linear_weight"] < 8
+    assert run("eval", "--model", str(saved), "--json", str(second), *TINY[2:])[0] == 0
+    reloaded = json.loads(second.read_text())
+    assert reloaded["ppl"] == pytest.approx(record["ppl"], rel=1e-5) and abs(reloaded["sparsity"] - 0.5) < 0.01
+
+
 def test_saved_model_reloads_and_evaluates_with_its_sparsity(run, tmp_path):
     saved, first, second = tmp_path / "pruned", tmp_path / "a.json", tmp_path / "b.json"
     assert run("prune", "--method", "wanda", "--sparsity", "0.5", "--calib-samples", "4", "--eval",
@@ -81,6 +93,10 @@ def test_compare_prints_the_table_and_plots(run, tmp_path):
     (["prune", "--method", "wanda", "--sparsity", "0.5", "--dataset", "no-such-corpus"], "no-such-corpus"),
     (["compare", "--methods", "wanda,obs"], "unknown method 'obs'"),
     (["prune", "--method", "wanda", "--pattern", "2:4", "--owl"], "cannot be combined with --pattern"),
+    (["quantize", "--bits", "5"], "bits must be one of 2, 3, 4, 8"),
+    (["quantize", "--group-size", "48"], "does not divide the input width"),
+    (["quantize", "--sparsity", "0.5"], "need --prune METHOD"),
+    (["quantize", "--prune", "wanda", "--pattern", "2:5"], "multiple of 5"),
     (["prune", "--method", "wanda", "--sparsity", "0.95", "--owl", "--owl-lambda", "0.2"], "too large for target sparsity"),
 ])
 def test_bad_input_gets_a_clear_error_and_exit_status_2(run, argv, message, tmp_path):
