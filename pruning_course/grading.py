@@ -159,6 +159,7 @@ class NotebookValidation:
     max_score: float = 0.0
     solution_score: float = 0.0
     release_score: float = 0.0
+    manual_points: float = 0.0  # points of cells an instructor grades by hand (nbgrader's formgrader); not in the scores
     cells: list[CellCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -190,8 +191,9 @@ class ValidationReport:
         lines = []
         for v in self.notebooks:
             mark = "ok  " if v.ok else "FAIL"
+            manual = f" (+{_num(v.manual_points)} graded by hand)" if v.manual_points else ""
             lines.append(f"{mark} {v.assignment}/{v.notebook}: solution {_num(v.solution_score)}/{_num(v.max_score)}, "
-                         f"unmodified student version {_num(v.release_score)}/{_num(v.max_score)}")
+                         f"unmodified student version {_num(v.release_score)}/{_num(v.max_score)}{manual}")
             lines += [f"     problem: {p}" for p in v.problems]
             lines += [f"     warning: {w}" for w in v.warnings]
         for name in self.drift:
@@ -803,12 +805,12 @@ def _check_scores(course: _Course, a: str, checks: dict[str, NotebookValidation]
             r = rel.get(gid, {})
             check = CellCheck(gid, info["max_score"], info["score"], r.get("score"), outputs.get(gid, ""))
             v.cells.append(check)
+            if info["manual"]:  # a written answer: the instructor grades it in nbgrader's formgrader
+                v.manual_points += info["max_score"]
+                continue
             v.max_score += info["max_score"]
             v.solution_score += info["score"] or 0
             v.release_score += r.get("score") or 0
-            if info["manual"]:
-                v.warnings.append(f"{gid} needs manual grading (an autograded course should not have such cells)")
-                continue
             if (info["score"] or 0) < info["max_score"]:
                 v.problems.append(f"the solution does not get full marks on {gid} "
                                   f"({_num(info['score'] or 0)}/{_num(info['max_score'])}): {check.message or 'no error output'}")

@@ -30,6 +30,8 @@ def test_student_notebooks_do_not_drift_from_the_solutions():
 def test_solutions_pass_and_unmodified_student_notebooks_score_zero():
     report = validate(SOLUTIONS, NOTEBOOKS)
     assert report.ok, str(report)
+    manual = {v.assignment: v.manual_points for v in report.notebooks}
+    assert manual["09_sparse_inference"] > 0, "the written 80%-vs-30% answer is graded by hand, apart from the autograded points"
 
 
 def test_a_real_batch_is_graded_with_diagnoses(tmp_path):
