@@ -23,6 +23,7 @@ from .heads import (
     removal_mask,
 )
 from .layers import (
+    angular_distance,
     angular_distances,
     block_influence,
     choose_blocks_to_remove,
@@ -47,7 +48,7 @@ from .width import choose_neurons_to_keep, mlp_neuron_importance, neuron_scores,
 __all__ = [
     "head_masks", "removal_mask", "head_importance", "normalize_per_layer", "qkv_gradient_importance",
     "choose_heads_to_remove", "remove_heads", "prune_heads_iteratively",
-    "angular_distances", "block_influence", "removal_perplexities",
+    "angular_distance", "angular_distances", "block_influence", "removal_perplexities",
     "choose_blocks_to_remove", "choose_consecutive_blocks", "choose_lowest_blocks",
     "first_blocks", "last_blocks", "middle_blocks", "remove_blocks",
     "neuron_scores", "mlp_neuron_importance", "choose_neurons_to_keep", "prune_mlp_width",

@@ -44,6 +44,7 @@ from ..architectures import ArchitectureAdapter
 from ..calibration import run_blockwise
 
 __all__ = [
+    "angular_distance",
     "angular_distances",
     "block_influence",
     "choose_blocks_to_remove",
@@ -60,6 +61,19 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Scores
 # ---------------------------------------------------------------------------------------------
+
+
+def angular_distance(x_in: torch.Tensor, x_out: torch.Tensor, last_token_only: bool = False) -> float:
+    """Tensor-level angular distance, Gromov et al. (2024), Eq. 7, averaged over tokens: ``mean(arccos(cos_sim(x_in, x_out)) / pi)``.
+
+    ``x_in`` and ``x_out`` are hidden states of shape ``(batch, seq, hidden)``; the cosine is taken
+    over the hidden dimension of every token, in float64 and clamped to ``[-1, 1]``.
+    ``last_token_only`` keeps only the last position of each sequence (the paper's choice).
+    """
+    if last_token_only:
+        x_in, x_out = x_in[:, -1], x_out[:, -1]
+    cos = F.cosine_similarity(x_in.detach().double(), x_out.detach().double(), dim=-1).clamp(-1.0, 1.0)
+    return float((torch.arccos(cos) / math.pi).mean())
 
 
 @torch.no_grad()
