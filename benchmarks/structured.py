@@ -5,8 +5,12 @@ prunes SmolLM2-135M for real (the model gets smaller), then measures:
 
 * test perplexity (wiki-sample test split, seqlen 512, the first ``--max-eval-windows`` windows),
 * prefill throughput (a batch of 4 prompts of 128 tokens) and generation throughput (32 new tokens),
-  median of 3 timed runs after a warm-up, and the speedup over the dense model,
-* peak resident memory of the measuring process and parameter counts,
+  and the speedup over the dense model: the dense and the pruned model are timed in turns
+  (``--speed-rounds`` each, medians), so that load drifting on a shared machine hits both alike;
+  the ``dense`` row times the model against a second copy of itself, so its "speedup" shows the
+  measurement's noise floor,
+* peak resident memory of the measuring process while only the pruned model is loaded, and
+  parameter counts,
 * ``compute_removed``: the share of the forward pass's matrix-multiply work that was removed
   (decoder-block linear weights plus the LM head; attention-score FLOPs, small at 128 tokens, are
   left out), so a measured speedup can be put next to what it should be.
@@ -150,6 +154,29 @@ def apply_variant(model, adapter, variant: dict, workdir: Path) -> None:
         raise ValueError(f"unknown variant kind {variant['kind']!r}")
 
 
+def interleaved_speed(models: dict, rounds: int = 5) -> dict[str, dict]:
+    """Time every model in turns (A, B, A, B, ...) and keep the medians.
+
+    On a shared or throttling machine, load drifts over minutes; timing the dense and the pruned
+    model alternately exposes both to the same conditions, so their ratio is far steadier than
+    timing one after the other.
+    """
+    import statistics
+
+    from pruning_course.evaluate import measure_speed
+
+    runs = {name: [] for name in models}
+    for round_ in range(rounds):
+        for name, model in models.items():
+            prefill = measure_speed(model, batch_size=4, prompt_tokens=128, new_tokens=1, repeats=1, warmup=int(round_ == 0))
+            generation = measure_speed(model, batch_size=1, prompt_tokens=16, new_tokens=32, repeats=1,
+                                       warmup=int(round_ == 0))
+            runs[name].append((prefill.prefill_tokens_per_s, generation.decode_tokens_per_s))
+    return {name: {"prefill_tokens_per_s": statistics.median(r[0] for r in results),
+                   "decode_tokens_per_s": statistics.median(r[1] for r in results)}
+            for name, results in runs.items()}
+
+
 def measure(args, variant: dict, workdir: Path) -> dict:
     from pruning_course.evaluate import measure_speed, perplexity
     from pruning_course.inventory import parameter_counts
@@ -161,16 +188,20 @@ def measure(args, variant: dict, workdir: Path) -> dict:
     apply_variant(model, adapter, variant, workdir)
     prune_seconds = time.perf_counter() - start
     ppl = perplexity(model, splits["test"], args.seqlen, max_windows=args.max_eval_windows, progress=False)
-    prefill = measure_speed(model, batch_size=4, prompt_tokens=128, new_tokens=1, repeats=3)
-    generation = measure_speed(model, batch_size=1, prompt_tokens=16, new_tokens=32, repeats=3)
+    # peak memory with only the pruned model resident; speed against a fresh dense copy, in turns
+    peak_rss = measure_speed(model, batch_size=4, prompt_tokens=128, new_tokens=8, repeats=1).peak_rss_mb
+    dense = load(args)[0].model
+    speed = interleaved_speed({"dense": dense, "pruned": model}, rounds=args.speed_rounds)
     return {
         **variant,
         "ppl": ppl.ppl, "eval_tokens": ppl.eval_tokens,
         "params": parameter_counts(model, adapter)["total"],
         "compute_removed": 1 - matmul_params(model, adapter) / dense_matmul,
-        "prefill_tokens_per_s": prefill.prefill_tokens_per_s,
-        "decode_tokens_per_s": generation.decode_tokens_per_s,
-        "peak_rss_mb": max(prefill.peak_rss_mb, generation.peak_rss_mb),
+        "prefill_tokens_per_s": speed["pruned"]["prefill_tokens_per_s"],
+        "decode_tokens_per_s": speed["pruned"]["decode_tokens_per_s"],
+        "prefill_speedup": speed["pruned"]["prefill_tokens_per_s"] / speed["dense"]["prefill_tokens_per_s"],
+        "decode_speedup": speed["pruned"]["decode_tokens_per_s"] / speed["dense"]["decode_tokens_per_s"],
+        "peak_rss_mb": peak_rss,
         "prune_seconds": prune_seconds,
     }
 
@@ -182,6 +213,7 @@ def main() -> None:
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-eval-windows", type=int, default=40)
+    parser.add_argument("--speed-rounds", type=int, default=5, help="dense/pruned timing rounds, taken in turns")
     parser.add_argument("--only", default="layers,heads,width", help="comma-separated subset of layers,heads,width")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: measure one variant
     args = parser.parse_args()
@@ -202,13 +234,10 @@ def main() -> None:
             spec.write_text(json.dumps({"variant": variant}))
             command = [sys.executable, __file__, "--worker", str(spec), "--model", args.model, "--seqlen", str(args.seqlen),
                        "--calib-samples", str(args.calib_samples), "--seed", str(args.seed),
-                       "--max-eval-windows", str(args.max_eval_windows)]
+                       "--max-eval-windows", str(args.max_eval_windows), "--speed-rounds", str(args.speed_rounds)]
             subprocess.run(command, check=True)
             results.append(json.loads(spec.with_suffix(".out.json").read_text()))
-            dense = results[0]
             row = results[-1]
-            row["prefill_speedup"] = row["prefill_tokens_per_s"] / dense["prefill_tokens_per_s"]
-            row["decode_speedup"] = row["decode_tokens_per_s"] / dense["decode_tokens_per_s"]
             print(f"{row['kind']:>7} {row['rule']:>15} {row['ratio']:6.3f}  ppl {row['ppl']:9.2f}  "
                   f"compute removed {row['compute_removed']:.3f}  prefill x{row['prefill_speedup']:.2f}  "
                   f"decode x{row['decode_speedup']:.2f}", file=sys.stderr)
@@ -217,7 +246,7 @@ def main() -> None:
         "benchmark": "structured", "model": args.model, "dataset": "wiki-sample", "seqlen": args.seqlen,
         "max_eval_windows": args.max_eval_windows, "calib_samples": args.calib_samples, "seed": args.seed,
         "speed": {"prefill": "batch 4 x 128 prompt tokens", "generation": "batch 1, 16 prompt + 32 new tokens",
-                  "timing": "median of 3 after 1 warm-up"},
+                  "timing": f"dense and pruned in turns, median of {args.speed_rounds} rounds after 1 warm-up"},
         "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "results": results,
     }, indent=2))
