@@ -100,3 +100,15 @@ def scale_factor(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-
 
 def describe_fraction(value: float) -> str:
     return f"{100 * value:.0f}%"
+
+
+def keeps_rng(check):
+    """Decorator: run a check without disturbing the learner's global RNG (checks build seeded models inside)."""
+    import functools
+
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return check(*args, **kwargs)
+
+    return wrapper

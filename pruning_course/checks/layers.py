@@ -25,7 +25,6 @@ recomputes the classic wrong variants to say which mistake the learner's result 
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -39,7 +38,7 @@ from ..structured.layers import angular_distances as package_angular_distances
 from ..structured.layers import choose_consecutive_blocks as package_choose_consecutive_blocks
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
-from . import call, fail, generator, passed
+from . import call, fail, generator, keeps_rng, passed
 
 __all__ = [
     "angular_distance",
@@ -56,15 +55,7 @@ TOLERANCE = 5e-4  # absolute, on distances in [0, 1]: float32 arccos near cos = 
 # ---------------------------------------------------------------------------------------------
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG (tiny models are initialised inside)."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _tiny(family: str, num_blocks: int, seed: int) -> nn.Module:

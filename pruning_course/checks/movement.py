@@ -8,7 +8,6 @@ to say which mistake the learner's result matches.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -17,20 +16,12 @@ from torch import nn
 
 from ..masks import num_to_prune, per_row_mask
 from ..unstructured.movement import MaskedLinear, cubic_sparsity, topk_mask
-from . import call, close_to, fail, fmt_values, generator, passed
+from . import call, close_to, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = ["check_topk_binarizer", "check_cubic_sparsity", "check_movement_score_update"]
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:

@@ -21,7 +21,6 @@ learner's result matches. ``seed`` selects another set of inputs (for hidden tes
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -29,7 +28,7 @@ import torch
 from ..masks import is_nm_sparse as reference_is_nm_sparse
 from ..masks import nm_mask, per_matrix_mask, per_row_mask
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
-from . import CheckFailed, call, expect_tensor, fail, fmt_values, generator, passed
+from . import CheckFailed, call, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_convert_to_2_4",
@@ -39,15 +38,7 @@ __all__ = [
 ]
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _topk_groups(scores: torch.Tensor, n: int, groups: torch.Tensor) -> torch.Tensor:

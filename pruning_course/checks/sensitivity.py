@@ -28,7 +28,6 @@ mistake the learner's result matches.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -42,7 +41,7 @@ from ..structured.sensitivity import layer_sensitivity, schedule_from_sensitivit
 from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities
-from . import call, fail, generator, passed
+from . import call, fail, generator, keeps_rng, passed
 
 __all__ = [
     "check_outlier_ratio",
@@ -59,15 +58,7 @@ SCAN_SEQLEN = 32
 # ---------------------------------------------------------------------------------------------
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG (tiny models are initialised inside)."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _tiny(family: str, num_blocks: int, seed: int) -> nn.Module:

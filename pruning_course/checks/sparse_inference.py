@@ -20,7 +20,6 @@ answer matches. ``seed`` selects another set of inputs (for hidden tests).
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 from collections.abc import Callable
@@ -29,20 +28,12 @@ import torch
 
 from ..sparse_inference import break_even_sparsity, csr_memory_break_even, random_sparse_weight, to_csr
 from ..sparse_inference import csr_nbytes as reference_csr_nbytes
-from . import call, fail, passed
+from . import call, fail, keeps_rng, passed
 
 __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _as_number(value, where: str, what: str) -> float:

@@ -8,7 +8,6 @@ wrong variants to say which mistake the learner's result matches.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -20,7 +19,7 @@ from ..evaluate import relative_output_error
 from ..masks import nm_mask as reference_nm_mask
 from ..masks import num_to_prune, per_matrix_mask, per_row_mask
 from ..unstructured.wanda import wanda_scores as reference_wanda_scores
-from . import CheckFailed, call, expect_keep_mask, expect_tensor, fail, fmt_values, generator, passed, scale_factor
+from . import CheckFailed, call, expect_keep_mask, expect_tensor, fail, fmt_values, generator, keeps_rng, passed, scale_factor
 
 __all__ = [
     "check_activation_norm_hook",
@@ -50,15 +49,7 @@ def _same(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> b
     return torch.allclose(value.double(), reference.double(), rtol=rtol, atol=rtol * float(reference.abs().max()) * 1e-2 + 1e-12)
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG (layers are initialised inside)."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _hook_count(module: nn.Module) -> int:
