@@ -25,7 +25,6 @@ notebook's hidden tests use it).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..architectures import adapter_for
 from ..structured.heads import choose_heads_to_remove, head_masks, normalize_per_layer, remove_heads
-from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, passed
+from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_gate_heads",
@@ -43,15 +42,7 @@ __all__ = [
 ]
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG (tiny models are initialised inside)."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> tuple[tuple[int, ...], float, float]:

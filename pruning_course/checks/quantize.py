@@ -26,7 +26,6 @@ learner's result matches. ``seed`` selects another set of inputs (for hidden tes
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from ..quantize.packing import pack_int, unpack_int
 from ..quantize.rtn import quantize_rtn as reference_quantize_rtn
 from ..quantize.rtn import quantize_to_grid
 from ..quantize.storage import encode_weight
-from . import call, expect_tensor, fail, fmt_values, generator, passed
+from . import call, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_quantize_rtn",
@@ -51,15 +50,7 @@ TIE = 1e-3  # |fraction - 0.5| below this: a rounding tie, either neighbour is a
 FP16_STEP = 2.0**-10  # the package rounds scales UP to float16: at most one float16 step above the float32 value
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ set of inputs (the notebook's hidden tests use it).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -29,20 +28,12 @@ from torch import nn
 
 from ..architectures import adapter_for
 from ..structured.width import ActivationMoments, neuron_scores, prune_mlp_width
-from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, passed, scale_factor
+from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, keeps_rng, passed, scale_factor
 
 __all__ = ["check_wanda_sp_scores", "check_slice_mlp", "reference_wanda_sp_scores"]
 
 
-def _keeps_rng(check: Callable) -> Callable:
-    """Run a check without disturbing the learner's global RNG (tiny models are initialised inside)."""
-
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            return check(*args, **kwargs)
-
-    return wrapper
+_keeps_rng = keeps_rng
 
 
 def reference_wanda_sp_scores(down_weight: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
