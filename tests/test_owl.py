@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from dense_stats import squared_input_sums
 
 from pruning_course.architectures import weight_matrix
 from pruning_course.evaluate import sparsity_report
@@ -77,16 +78,7 @@ def test_owl_sparsities_rejects_bad_lambda_and_target():
 def test_outlier_ratios_are_measured_on_the_dense_model(tiny, windows):
     model, adapter, _ = tiny
     before = copy.deepcopy(model.state_dict())
-    sums, handles = {}, []
-    for name, linear in adapter.named_linears(model).items():
-        def hook(_m, args, _out, name=name):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums[name] = sums.get(name, 0) + x.pow(2).sum(0)
-        handles.append(linear.register_forward_hook(hook))
-    with torch.no_grad():
-        model(input_ids=windows, use_cache=False)
-    for handle in handles:
-        handle.remove()
+    sums = squared_input_sums(model, adapter.named_linears(model), windows)
 
     ratios = owl_outlier_ratios(model, adapter, windows, M=3, progress=False)
     assert ratios.shape == (len(adapter.blocks(model)),)

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from dense_stats import squared_input_sums
 
 from pruning_course.architectures import set_weight_matrix, weight_matrix
 from pruning_course.evaluate import perplexity
@@ -83,16 +84,7 @@ def test_calibrated_sensitivity_prunes_each_block_on_dense_inputs(tiny, windows)
     """Block 1's Wanda statistic must come from the dense block 0, not from a pruned one."""
     model, adapter, _ = tiny
     block = adapter.blocks(model)[1]
-    sums, handles = {}, []
-    for name, linear in adapter.linears(block).items():
-        def hook(_m, args, _out, name=name):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            sums[name] = sums.get(name, 0) + x.pow(2).sum(0)
-        handles.append(linear.register_forward_hook(hook))
-    with torch.no_grad():
-        model(input_ids=windows, use_cache=False)
-    for handle in handles:
-        handle.remove()
+    sums = squared_input_sums(model, adapter.linears(block), windows)
 
     candidates = pruned_weights(model, adapter, 0.5, "wanda", windows, progress=False)
     for name, linear in adapter.linears(block).items():
