@@ -57,12 +57,13 @@ def distill_function():
     return distill
 
 
-def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int = 0) -> dict:
+def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int = 0, distilled: dict | None = None) -> dict:
     from pruning_course.evaluate import perplexity
     from pruning_course.models import load_model
     from pruning_course.pruning import prune_model
     from pruning_course.quantize import load_compressed, measure_inference_memory, quantize_model, save_compressed
 
+    distilled = {} if distilled is None else distilled
     start = time.perf_counter()
     model, _, adapter = load_model(args.model, progress=False)
     record = {"row": name, "pruning": None, "bits": bits, "group_size": args.group_size if bits else None,
@@ -74,12 +75,19 @@ def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int =
                             batch_size=args.batch_size, progress=False)
         record["pruning"] = {"method": method, "sparsity": sparsity, "pattern": pattern or "unstructured"}
     if distill_steps:
-        teacher = load_model(args.model, progress=False).model
-        history = distill_function()(model, teacher, data["train"], distill_steps, seqlen=args.distill_seqlen,
-                                     adapter=adapter, keep_masks=masks, progress=False)
-        record["distill"] = {"steps": distill_steps, "seqlen": args.distill_seqlen,
-                             "final_loss": history.loss[-1] if history.loss else None}
-        del teacher
+        key = (prune, distill_steps)
+        if key not in distilled:  # distil each pruned model once; its quantized rows start from the same weights
+            teacher = load_model(args.model, progress=False).model
+            history = distill_function()(model, teacher, data["train"], distill_steps, seqlen=args.distill_seqlen,
+                                         adapter=adapter, keep_masks=masks, progress=False)
+            del teacher
+            distilled[key] = ({k: v.clone() for k, v in model.state_dict().items()},
+                              {"steps": distill_steps, "seqlen": args.distill_seqlen,
+                               "final_loss": history.loss[-1] if history.loss else None,
+                               "seconds_per_step": round(history.seconds_per_step, 2)})
+        else:
+            model.load_state_dict(distilled[key][0])
+        record["distill"] = distilled[key][1]
     quantized = None
     if bits:
         quantized = quantize_model(model, adapter, args.quant_method, bits, args.group_size, data["windows"],
@@ -141,12 +149,13 @@ def main() -> None:
         else:
             runs += [(f"{name}+kd", *ROWS[name], args.distill_steps) for name in wanted if ROWS[name][0] is not None]
 
-    results = []
+    results, distilled = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep_files or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         for name, prune, bits, steps in runs:
-            record = run_row(name, prune, bits, args, data, folder / f"{name.replace(':', '-')}.safetensors", steps)
+            record = run_row(name, prune, bits, args, data, folder / f"{name.replace(':', '-')}.safetensors", steps,
+                             distilled)
             results.append(record)
             log(f"{name:>18}  ppl {record['ppl']:8.3f}  {record['bytes'] / 2**20:7.2f} MiB  "
                 f"peak {record['memory']['dequantized']['peak_inference_mb']:.0f} / "
