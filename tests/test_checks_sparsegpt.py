@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from pruning_course.checks import CheckFailed
 from pruning_course.checks.sparsegpt import (
     check_layer_hessian,
     check_obs_remove_weight,

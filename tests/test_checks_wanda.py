@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from pruning_course.calibration import SquaredInputNorm
-from pruning_course.checks import CheckFailed
 from pruning_course.checks.wanda import (
     check_activation_norm_hook,
     check_nm_mask,
@@ -361,7 +360,7 @@ def test_nm_wrong_count_in_a_group():
         mask[0, :m] = True
         return mask
 
-    fails_with(check_nm_mask, one_group_off, "row 0, group 0", f"keeps exactly")
+    fails_with(check_nm_mask, one_group_off, "row 0, group 0", "keeps exactly")
 
 
 def test_checks_do_not_touch_the_global_rng():

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from pruning_course.architectures import Conv1D, adapter_for, weight_matrix
-from pruning_course.checks import CheckFailed
 from pruning_course.checks.why_pruning import (
     check_count_parameters,
     check_magnitude_mask,

@@ -42,9 +42,6 @@ __all__ = [
 ]
 
 
-_keeps_rng = keeps_rng
-
-
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> tuple[tuple[int, ...], float, float]:
     diff = (value.detach().double() - reference.double()).abs()
     index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
@@ -74,7 +71,7 @@ def _gate_reference(x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     return x * gates.repeat_interleave(x.shape[-1] // gates.numel())
 
 
-@_keeps_rng
+@keeps_rng
 def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
     """Check ``gate_heads(x, gates)``.
 
@@ -172,7 +169,7 @@ def _importance_reference(grads: torch.Tensor) -> torch.Tensor:
     return normalize_per_layer(grads.abs().mean(dim=0))
 
 
-@_keeps_rng
+@keeps_rng
 def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
     """Check ``michel_importance(grads)``.
 
@@ -310,7 +307,7 @@ def _choice_cases(seed: int):
     return cases
 
 
-@_keeps_rng
+@keeps_rng
 def check_choose_heads_within_groups(choose_heads_within_groups: Callable, seed: int = 0) -> None:
     """Check ``choose_heads_within_groups(importance, num_kv_heads, steps)``.
 
@@ -454,7 +451,7 @@ def _diagnose_head_side(label: str, got: torch.Tensor, full: torch.Tensor, refer
          f"{want:.6g}; keep the {part} of heads {keep}. {_LAYOUT_HINT}.")
 
 
-@_keeps_rng
+@keeps_rng
 def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
     """Check ``slice_heads(wq, wk, wv, wo, heads_to_remove, head_dim, num_kv_heads)``.
 

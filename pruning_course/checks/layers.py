@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import adapter_for, tiny_config
+from ..architectures import adapter_for
 from ..structured.layers import angular_distance
 from ..structured.layers import angular_distances as package_angular_distances
 from ..structured.layers import choose_consecutive_blocks as package_choose_consecutive_blocks
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
-from . import call, fail, generator, keeps_rng, passed
+from . import call, fail, generator, keeps_rng, passed, tiny_random_model
 
 __all__ = [
     "angular_distance",
@@ -53,19 +53,6 @@ TOLERANCE = 5e-4  # absolute, on distances in [0, 1]: float32 arccos near cos = 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-_keeps_rng = keeps_rng
-
-
-def _tiny(family: str, num_blocks: int, seed: int) -> nn.Module:
-    """A tiny random model of ``family`` with ``num_blocks`` decoder blocks (vocabulary 384)."""
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config(family, vocab_size=384)
-    config.num_hidden_layers = num_blocks
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def _number(result, where: str, fn_name: str, per_token_shape: tuple[int, ...]) -> float:
@@ -201,7 +188,7 @@ def _block_boundaries(model: nn.Module, windows: torch.Tensor) -> list[torch.Ten
     return states
 
 
-@_keeps_rng
+@keeps_rng
 def check_angular_distance(fn: Callable) -> None:
     """Check ``angular_distance(x_in, x_out)`` for hidden states of shape ``(batch, seq, hidden)``.
 
@@ -222,7 +209,7 @@ def check_angular_distance(fn: Callable) -> None:
     _check_distance_case(fn, x_in, x_out, angular_distance(x_in, x_out),
                          "on hidden states of shape (3, 8, 16) whose last 5 tokens keep their direction")
 
-    model = _tiny("llama", 4, seed=51)
+    model = tiny_random_model("llama", 4, seed=51)
     windows = torch.randint(0, 384, (3, 12), generator=gen)
     states = _block_boundaries(model, windows)
     adapter = adapter_for(model)
@@ -272,7 +259,7 @@ def _choice_cases(gen: torch.Generator) -> list[tuple[int, int, torch.Tensor]]:
     return cases
 
 
-@_keeps_rng
+@keeps_rng
 def check_choose_consecutive_blocks(fn: Callable) -> None:
     """Check ``choose_consecutive_blocks(distances, n)``.
 
@@ -369,7 +356,7 @@ def _generate(model: nn.Module, prompt: torch.Tensor) -> torch.Tensor:
 
 
 def _expect_value_error(fn: Callable, family: str, num_blocks: int, indices: list[int], why: str) -> None:
-    model = _tiny(family, num_blocks, seed=53)
+    model = tiny_random_model(family, num_blocks, seed=53)
     adapter = adapter_for(model)
     call_text = f"remove_blocks(<tiny {family} with {num_blocks} blocks>, adapter, {indices})"
     try:
@@ -387,7 +374,7 @@ def _expect_value_error(fn: Callable, family: str, num_blocks: int, indices: lis
     fail(f"{call_text} returned without an error; {why}: check the indices first and raise ValueError")
 
 
-@_keeps_rng
+@keeps_rng
 def check_remove_blocks(fn: Callable) -> None:
     """Check ``remove_blocks(model, adapter, indices)`` on tiny Llama (grouped-query attention), GPT-2 and OPT.
 
@@ -402,7 +389,7 @@ def check_remove_blocks(fn: Callable) -> None:
     gen = generator(54)
     cases = (("llama", 4, [1, 2]), ("llama", 5, [3, 0]), ("gpt2", 4, [0, 2]), ("opt", 4, [3]), ("llama", 4, [0, 1, 2]))
     for family, num_blocks, indices in cases:
-        model = _tiny(family, num_blocks, seed=55)
+        model = tiny_random_model(family, num_blocks, seed=55)
         adapter = adapter_for(model)
         reference = package_remove_blocks(copy.deepcopy(model), adapter, indices)
         originals = [{k: v.clone() for k, v in block.state_dict().items()} for block in adapter.blocks(model)]

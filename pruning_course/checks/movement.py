@@ -21,9 +21,6 @@ from . import call, close_to, fail, fmt_values, generator, keeps_rng, passed
 __all__ = ["check_topk_binarizer", "check_cubic_sparsity", "check_movement_score_update"]
 
 
-_keeps_rng = keeps_rng
-
-
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
     diff = (value.detach().double() - reference.detach().double()).abs()
     index = int(diff.flatten().argmax())
@@ -176,7 +173,7 @@ def _diagnose_grad(grad, expected: torch.Tensor, mask: torch.Tensor, where: str)
          f"{_first_difference(grad, expected)}")
 
 
-@_keeps_rng
+@keeps_rng
 def check_topk_binarizer(binarizer) -> None:
     """Check a ``torch.autograd.Function`` ``TopKBinarizer`` used as ``TopKBinarizer.apply(scores, sparsity)``.
 
@@ -302,7 +299,7 @@ def _exponent(values: list, total: int, final: float, initial: float, warmup: in
     return e if max(abs(f - e) for f in fits) < 1e-3 * max(abs(e), 1) else None
 
 
-@_keeps_rng
+@keeps_rng
 def check_cubic_sparsity(schedule: Callable) -> None:
     """Check ``cubic_sparsity(step, total_steps, final_sparsity, initial_sparsity, warmup_steps, cooldown_steps)``.
 
@@ -372,7 +369,7 @@ def _reference_score_step(weight, scores, sparsity, x, upstream, lr) -> tuple[to
     return masked.scores.detach().clone(), upstream.t() @ x
 
 
-@_keeps_rng
+@keeps_rng
 def check_movement_score_update(update: Callable) -> None:
     """Check ``movement_score_update(scores, weight, grad, lr)``: one SGD step ``S - lr * W * grad``.
 

@@ -35,7 +35,6 @@ import torch
 from ..quantize.model import QuantizedWeight
 from ..quantize.packing import pack_int, unpack_int
 from ..quantize.rtn import quantize_rtn as reference_quantize_rtn
-from ..quantize.rtn import quantize_to_grid
 from ..quantize.storage import encode_weight
 from . import call, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
@@ -48,9 +47,6 @@ __all__ = [
 
 TIE = 1e-3  # |fraction - 0.5| below this: a rounding tie, either neighbour is accepted
 FP16_STEP = 2.0**-10  # the package rounds scales UP to float16: at most one float16 step above the float32 value
-
-
-_keeps_rng = keeps_rng
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +295,7 @@ def _diagnose_codes(codes: torch.Tensor, raw_dtype: torch.dtype, s: torch.Tensor
          f"{int(z[r, c // g])} should get code {expected} ({fix}), yours is {int(codes[r, c])}.")
 
 
-@_keeps_rng
+@keeps_rng
 def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
     """Check ``quantize_rtn(weight, bits, group_size) -> (codes, scales, zeros)``.
 
@@ -384,7 +380,7 @@ def _pack_variant(codes: torch.Tensor, order: str) -> torch.Tensor:
     return (first | second << 4).to(torch.uint8)
 
 
-@_keeps_rng
+@keeps_rng
 def check_pack_int4(pack_int4: Callable, seed: int = 0) -> None:
     """Check ``pack_int4(codes)``: the 4-bit codes of any shape, row-major, two per byte, low nibble first
     (``byte i = codes[2i] | codes[2i + 1] << 4``), an odd count padded with a zero nibble, as a 1-D
@@ -438,7 +434,7 @@ def check_pack_int4(pack_int4: Callable, seed: int = 0) -> None:
     passed("pack_int4 stores two codes per byte, low nibble first, ceil(n / 2) bytes")
 
 
-@_keeps_rng
+@keeps_rng
 def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
     """Check ``unpack_int4(packed, count)``: the first ``count`` codes back from :func:`check_pack_int4`'s
     format (made here by the package's ``pack_int``), as a 1-D tensor of integers ``0..15`` (uint8
@@ -541,7 +537,7 @@ def _as_number(value, where: str) -> float:
     return float(value)
 
 
-@_keeps_rng
+@keeps_rng
 def check_compressed_nbytes(compressed_nbytes: Callable, seed: int = 0) -> None:
     """Check ``compressed_nbytes(rows, cols, kept, bits, group_size)`` against the bytes the package's
     encoder (:func:`pruning_course.quantize.encode_weight`, bitmask storage) really writes for such a

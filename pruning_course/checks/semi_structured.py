@@ -38,9 +38,6 @@ __all__ = [
 ]
 
 
-_keeps_rng = keeps_rng
-
-
 def _topk_groups(scores: torch.Tensor, n: int, groups: torch.Tensor) -> torch.Tensor:
     """Keep-mask of the ``n`` highest of each group of a ``(rows, num_groups, size)`` view."""
     return torch.zeros_like(groups, dtype=torch.bool).scatter_(2, torch.topk(groups, n, dim=2).indices, True)
@@ -110,7 +107,7 @@ def _diagnose_conversion(mask: torch.Tensor, weight: torch.Tensor, scores: torch
          f"expected {reference[r, 4 * g:4 * g + 4].int().tolist()}.")
 
 
-@_keeps_rng
+@keeps_rng
 def check_convert_to_2_4(convert_to_2_4: Callable, seed: int = 0) -> None:
     """Check ``convert_to_2_4(weight, scores)``: the weight with, in every group of 4 consecutive
     input weights of each row, the 2 lowest-scoring weights set to zero and the other 2 unchanged
@@ -272,7 +269,7 @@ def _variant_answers(cases) -> list[tuple[list[bool | None], str]]:
     return answers
 
 
-@_keeps_rng
+@keeps_rng
 def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
     """Check ``is_nm_sparse(weight, n, m)``: ``True`` iff every group of ``m`` consecutive input weights
     of every row has at most ``n`` non-zeros (``pruning_course.masks.is_nm_sparse``). A width that is
@@ -373,7 +370,7 @@ def _decode(values: torch.Tensor, packed: torch.Tensor, shape: tuple[int, int]) 
     return decompress_nm(CompressedNM(values=values, indices=packed, shape=shape, n=2, m=4))
 
 
-@_keeps_rng
+@keeps_rng
 def check_compress_2_4(compress_2_4: Callable, seed: int = 0) -> None:
     """Check ``compress_2_4(weight) -> (values, packed)`` for a 2:4-sparse ``(rows, cols)`` weight:
     ``values`` of shape ``(rows, cols // 2)`` in the weight's dtype, and ``packed``, a ``uint8``
@@ -438,7 +435,7 @@ def check_compress_2_4(compress_2_4: Callable, seed: int = 0) -> None:
     passed("compress_2_4: half the values plus 2-bit positions, four per byte (0.5625 of dense in fp16), restores the weight exactly")
 
 
-@_keeps_rng
+@keeps_rng
 def check_decompress_2_4(decompress_2_4: Callable, seed: int = 0) -> None:
     """Check ``decompress_2_4(values, packed, shape)``: the dense weight back from the format of
     :func:`check_compress_2_4` (made here by the package's ``compress_nm``), bit for bit."""

@@ -34,14 +34,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..architectures import adapter_for, set_weight_matrix, tiny_config, weight_matrix
+from ..architectures import adapter_for, set_weight_matrix, weight_matrix
 from ..evaluate import perplexity
 from ..schedules import linear_schedule, schedule_sparsity
 from ..structured.sensitivity import layer_sensitivity, schedule_from_sensitivity
 from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities
-from . import call, fail, generator, keeps_rng, passed
+from . import call, fail, generator, keeps_rng, passed, tiny_random_model
 
 __all__ = [
     "check_outlier_ratio",
@@ -56,19 +56,6 @@ SCAN_SEQLEN = 32
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-_keeps_rng = keeps_rng
-
-
-def _tiny(family: str, num_blocks: int, seed: int) -> nn.Module:
-    """A tiny random model of ``family`` with ``num_blocks`` decoder blocks (vocabulary 384)."""
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config(family, vocab_size=384)
-    config.num_hidden_layers = num_blocks
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def _numbers(result, length: int, where: str, fn_name: str, what: str) -> torch.Tensor:
@@ -152,7 +139,7 @@ def _changed_blocks(model: nn.Module, adapter, original: dict[str, torch.Tensor]
 
 
 def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed: int) -> None:
-    model = _tiny(family, num_blocks, seed)
+    model = tiny_random_model(family, num_blocks, seed)
     adapter = adapter_for(model)
     ids = torch.randint(0, 384, (4 * SCAN_SEQLEN,), generator=generator(seed + 700))
     where = f"on a tiny random {family} with {num_blocks} blocks at sparsity {sparsity}"
@@ -235,7 +222,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
          f"magnitude_mask(weight, {sparsity}), evaluate, restore. Expected {_fmt(reference)}, yours {_fmt(values)}.")
 
 
-@_keeps_rng
+@keeps_rng
 def check_sensitivity_scan(sensitivity_scan: Callable) -> None:
     """Check ``sensitivity_scan(model, adapter, evaluate, sparsity)`` on tiny random models.
 
@@ -276,7 +263,7 @@ def _spread_word(values: torch.Tensor) -> str:
     return f"{float(values.max() - values.min()):.4g}"
 
 
-@_keeps_rng
+@keeps_rng
 def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
     """Check ``sensitivity_schedule(sensitivity, counts, target, spread)``.
 
@@ -420,7 +407,7 @@ def _ratio_variants(tensors: list[torch.Tensor], M: float) -> list[tuple[float, 
     ]
 
 
-@_keeps_rng
+@keeps_rng
 def check_outlier_ratio(outlier_ratio: Callable) -> None:
     """Check ``outlier_ratio(scores, M)`` for a list of score tensors (one block's linears).
 
@@ -459,7 +446,7 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@_keeps_rng
+@keeps_rng
 def check_owl_sparsities(owl_sparsities: Callable) -> None:
     """Check ``owl_sparsities(ratios, target, lam)``: ``u = (D - min D) / (max D - min D)``,
     ``s = target - 2 lam (u - mean(u))`` (``pruning_course.unstructured.owl.owl_sparsities``)."""

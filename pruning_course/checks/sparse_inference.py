@@ -33,9 +33,6 @@ from . import call, fail, keeps_rng, passed
 __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
 
-_keeps_rng = keeps_rng
-
-
 def _as_number(value, where: str, what: str) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -71,7 +68,7 @@ def _csr_cases(seed: int) -> list[tuple[torch.Tensor, str]]:
     return cases
 
 
-@_keeps_rng
+@keeps_rng
 def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
     """Check ``csr_nbytes(csr)``: the bytes of ``values``, ``col_indices`` and ``crow_indices`` together,
     each ``numel() * element_size()`` of its own dtype."""
@@ -115,7 +112,7 @@ def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@_keeps_rng
+@keeps_rng
 def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
     """Check ``memory_break_even(value_bytes, index_bytes)`` = ``i / (v + i)``: above this sparsity CSR
     (values + one column index per non-zero, row pointers neglected) is smaller than dense."""
@@ -212,7 +209,7 @@ def _same(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
-@_keeps_rng
+@keeps_rng
 def check_break_even(break_even: Callable, seed: int = 0) -> None:
     """Check ``break_even(sparsities, time_ratios)`` against the package's ``break_even_sparsity``:
     sort by sparsity; take the LAST point where CSR is not faster (ratio >= 1); interpolate linearly

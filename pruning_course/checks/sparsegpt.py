@@ -35,7 +35,7 @@ from torch import nn
 from ..calibration import InputHessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
-from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, passed, scale_factor
+from . import CheckFailed, call, close_to, expect_tensor, fail, generator, passed, scale_factor
 
 __all__ = [
     "layer_hessian",

@@ -49,9 +49,6 @@ def _same(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> b
     return torch.allclose(value.double(), reference.double(), rtol=rtol, atol=rtol * float(reference.abs().max()) * 1e-2 + 1e-12)
 
 
-_keeps_rng = keeps_rng
-
-
 def _hook_count(module: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
@@ -159,7 +156,7 @@ def _tiny_llama(seed: int) -> nn.Module:
     return model.eval()
 
 
-@_keeps_rng
+@keeps_rng
 def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     """Check ``collect_act_sq_norms(linear, model, batches)``.
 
@@ -231,7 +228,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@_keeps_rng
+@keeps_rng
 def check_wanda_scores(wanda_scores: Callable) -> None:
     """Check ``wanda_scores(weight, act_sq_norm) == |W| * sqrt(act_sq_norm)`` (broadcast over rows)."""
     name = "wanda_scores"
@@ -301,7 +298,7 @@ def _wanda_mask_cases():
     return cases
 
 
-@_keeps_rng
+@keeps_rng
 def check_wanda_mask(wanda_mask: Callable) -> None:
     """Check ``wanda_mask(scores, sparsity)``: a keep-mask removing the ``floor(in * sparsity)`` lowest
     scores of every output row (``pruning_course.masks.per_row_mask``)."""
@@ -382,7 +379,7 @@ def _lowest_removed(scores: torch.Tensor, r: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-@_keeps_rng
+@keeps_rng
 def check_relative_output_error(fn: Callable) -> None:
     """Check ``relative_output_error(x, weight, pruned_weight)`` = ``||X W^T - X W'^T||_F / ||X W^T||_F``."""
     name = "relative_output_error"
@@ -429,7 +426,7 @@ def check_relative_output_error(fn: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@_keeps_rng
+@keeps_rng
 def check_nm_mask(nm_mask: Callable) -> None:
     """Check ``nm_mask(scores, n, m)``: keep the ``n`` highest of every group of ``m`` consecutive
     scores along the input dimension (``pruning_course.masks.nm_mask``); a width that is not a

@@ -33,9 +33,6 @@ from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, gene
 __all__ = ["check_wanda_sp_scores", "check_slice_mlp", "reference_wanda_sp_scores"]
 
 
-_keeps_rng = keeps_rng
-
-
 def reference_wanda_sp_scores(down_weight: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """The package's Wanda-sp score of every neuron from the down projection's inputs ``(..., intermediate)``."""
     moments = ActivationMoments(nn.Linear(down_weight.shape[1], 1, bias=False))
@@ -59,7 +56,7 @@ def _score_cases(seed: int):
     return cases
 
 
-@_keeps_rng
+@keeps_rng
 def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
     """Check ``wanda_sp_scores(down_weight, activations)``.
 
@@ -175,7 +172,7 @@ def _slice_cases(seed: int):
     return cases
 
 
-@_keeps_rng
+@keeps_rng
 def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
     """Check ``slice_mlp(gate_weight, up_weight, down_weight, keep)``.
 
