@@ -162,6 +162,7 @@ class SpeedResult:
     generate_seconds: float  # median over repeats, prefill + new_tokens decoding steps with a KV cache
     threads: int
     peak_rss_mb: float
+    clock: str = "wall"  # "wall": elapsed time; "process": CPU time of this process, summed over its threads
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -183,14 +184,18 @@ class SpeedResult:
                 f"{self.threads} threads")
 
 
-def _median_seconds(fn, repeats: int, warmup: int) -> float:
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def _median_seconds(fn, repeats: int, warmup: int, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times)
 
 
@@ -205,6 +210,7 @@ def measure_speed(
     warmup: int = 1,
     prompt_ids: torch.Tensor | None = None,
     seed: int = 0,
+    clock: str = "wall",
 ) -> SpeedResult:
     """Time ``model`` on this machine: one prompt forward and a greedy generation of ``new_tokens``.
 
@@ -214,9 +220,16 @@ def measure_speed(
     Generation always produces exactly ``new_tokens`` tokens (no early stop at end-of-sequence).
     ``peak_rss_mb`` is this process's peak resident memory during the measurement (weights included;
     on Linux the peak is reset first, elsewhere it is the process-lifetime peak).
+
+    ``clock="process"`` times this process's CPU seconds instead of elapsed seconds: on a machine
+    shared with other jobs it stays close to the quiet-machine figure (time spent waiting for a core
+    is not counted), but with several threads it adds up the time of each, so the rates it gives are
+    per CPU-second. Compare models on the same clock, never across clocks.
     """
     if min(batch_size, prompt_tokens, new_tokens, repeats) < 1 or warmup < 0:
         raise ValueError("batch_size, prompt_tokens, new_tokens and repeats must be positive, warmup >= 0")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     device = next(model.parameters()).device
     if prompt_ids is None:
         vocab = model.get_input_embeddings().num_embeddings
@@ -238,10 +251,10 @@ def measure_speed(
             do_sample=False, pad_token_id=0, eos_token_id=None,
         )
 
-    prefill_seconds = _median_seconds(prefill, repeats, warmup)
-    generate_seconds = _median_seconds(generate, repeats, warmup)
+    prefill_seconds = _median_seconds(prefill, repeats, warmup, clock)
+    generate_seconds = _median_seconds(generate, repeats, warmup, clock)
     model.train(was_training)
     return SpeedResult(
         batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens, prefill_seconds=prefill_seconds,
-        generate_seconds=generate_seconds, threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb(),
+        generate_seconds=generate_seconds, threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb(), clock=clock,
     )

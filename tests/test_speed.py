@@ -32,3 +32,20 @@ def test_measure_speed_uses_given_prompts_and_rejects_bad_sizes():
     assert (result.batch_size, result.prompt_tokens) == (2, 7)
     with pytest.raises(ValueError, match="positive"):
         measure_speed(model, new_tokens=0)
+
+
+def test_measure_speed_on_the_process_clock(monkeypatch):
+    """``clock="process"`` reads ``time.process_time`` (here a fake that ticks one second per call)."""
+    import itertools
+
+    import pruning_course.evaluate as evaluate
+
+    ticks = itertools.count()
+    monkeypatch.setitem(evaluate.CLOCKS, "process", lambda: float(next(ticks)))
+    model, _ = tiny_model("llama")
+    result = measure_speed(model, batch_size=2, prompt_tokens=4, new_tokens=3, repeats=3, warmup=1, clock="process")
+    assert result.clock == "process"
+    assert result.prefill_seconds == 1.0 and result.generate_seconds == 1.0
+    assert measure_speed(model, new_tokens=1, repeats=1, warmup=0).clock == "wall"
+    with pytest.raises(ValueError, match="unknown clock 'cpu'"):
+        measure_speed(model, clock="cpu")
