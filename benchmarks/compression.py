@@ -24,14 +24,14 @@ SmolLM2's linears have 576 inputs, which 128 does not divide: the default group 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, protocol_parser
 
 ROWS = {  # name: (pruning (method, sparsity, pattern) or None, bits or None)
     "dense": (None, None),
@@ -111,17 +111,12 @@ def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--calib-samples", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-eval-windows", type=int, default=None, help="default: the full test split")
+    parser = protocol_parser(__doc__)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--quant-method", default="gptq", choices=["gptq", "rtn"])
     parser.add_argument("--group-size", type=int, default=64, help="-1: one group per row")
     parser.add_argument("--memory-seqlen", type=int, default=512, help="tokens of the forward pass whose memory is measured")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS).replace("%", "%%"))
     parser.add_argument("--distill-steps", type=int, default=0, help="also run the pruned rows with N distillation steps")
     parser.add_argument("--distill-seqlen", type=int, default=256)
     parser.add_argument("--keep-files", type=Path, default=None, help="write the compressed files here instead of a temporary directory")
@@ -131,7 +126,6 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
 
-    import torch
 
     from pruning_course.data import calibration_windows, load_token_splits
     from pruning_course.models import load_model
@@ -167,8 +161,7 @@ def main() -> None:
         "quant_method": args.quant_method, "group_size": args.group_size, "memory_seqlen": args.memory_seqlen,
         "stored_floats": "float16", "ppl_of": "the model reloaded from its compressed file",
         "distill": distill_note or (f"{args.distill_steps} steps, prune -> distill -> quantize" if args.distill_steps else "off"),
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "results": results,
+        **machine(), "results": results,
     }, indent=2))
 
 

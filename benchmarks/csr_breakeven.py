@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 
 import torch
+from _common import machine
 
 from pruning_course.sparse_inference import (
     DEFAULT_BATCH_SIZES,
@@ -97,10 +96,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "csr_breakeven",
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **machine(),
         "mkl": torch.backends.mkl.is_available(),
         "timing": f"median of {args.repeats} calls after {args.warmup} warm-up calls; shared machine, timings are noisy",
         "break_even_sparsity": break_even,

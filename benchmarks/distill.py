@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 
-import torch
+from _common import machine
 
 FULL_STEPS = 100
 
@@ -110,8 +108,7 @@ def main() -> None:
                     "first_step_seconds": round(history.seconds[0], 2),
                     f"estimated_minutes_for_{FULL_STEPS}_steps": round(seconds_per_step * FULL_STEPS / 60, 1)},
         "dense": dense, "pruned": pruned, "distilled": distilled,
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        **machine(),
         "peak_rss_mb": round(peak_rss_mb(), 1), "wall_seconds": round(time.perf_counter() - start, 1),
     }, indent=2))
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
+
+from _common import machine
 
 
 def main() -> None:
@@ -43,7 +43,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import torch
     import transformers
 
     from pruning_course.data import load_token_splits
@@ -90,8 +89,7 @@ def main() -> None:
         "train_tokens_per_run": args.steps * args.batch_size * args.seqlen,
         "val_tokens": dense.eval_tokens, "dense_ppl": dense.ppl, "cache_seconds": round(data.cache_seconds, 1),
         "cache_cpu_seconds": round(cache_cpu, 1),
-        "total_seconds": round(total, 1), "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "total_seconds": round(total, 1), **machine(),
         "results": results,
     }, indent=2))
 

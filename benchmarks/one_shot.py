@@ -9,15 +9,14 @@ run's true peak (model load, calibration, pruning and evaluation). Prints one JS
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, protocol_parser
 
 RUNS = [("dense", None), ("magnitude", "unstructured"), ("wanda", "unstructured"), ("sparsegpt", "unstructured"),
         ("magnitude", "2:4"), ("wanda", "2:4"), ("sparsegpt", "2:4")]
@@ -42,13 +41,8 @@ def run_one(method: str, pattern: str | None, args, out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--calib-samples", type=int, default=32)
+    parser = protocol_parser(__doc__)
     parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-eval-windows", type=int, default=None)
     parser.add_argument("--methods", default="dense,magnitude,wanda,sparsegpt")
     args = parser.parse_args()
     wanted = set(args.methods.split(","))
@@ -58,12 +52,10 @@ def main() -> None:
             if method in wanted:
                 results.append(run_one(method, pattern, args, Path(tmp) / f"{i}.json"))
                 print(f"{method:>10} {pattern or '':>12}  ppl {results[-1]['ppl']:.2f}", file=sys.stderr)
-    import torch
 
     print(json.dumps({
         "benchmark": "one_shot", "model": args.model, "dataset": "wiki-sample", "seqlen": args.seqlen,
-        "calib_samples": args.calib_samples, "seed": args.seed, "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "calib_samples": args.calib_samples, "seed": args.seed, **machine(),
         "results": results,
     }, indent=2))
 

@@ -14,24 +14,18 @@ before each run, and peak RSS is not reported per run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
 import time
 
+from _common import machine, protocol_parser
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--calib-samples", type=int, default=32)
+    parser = protocol_parser(__doc__)
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--M", type=float, default=5.0, help="outlier threshold: score > M * block mean")
     parser.add_argument("--lam", default="0.08", help="OWL's lambda; a comma-separated list runs each")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-eval-windows", type=int, default=None)
     parser.add_argument("--methods", default="wanda,sparsegpt")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="reduced run: 8 calibration windows, 20 test windows")
@@ -41,7 +35,6 @@ def main() -> None:
     lams = [float(v) for v in args.lam.split(",")]
     methods = args.methods.split(",")
 
-    import torch
 
     from pruning_course.data import calibration_windows, load_token_splits
     from pruning_course.evaluate import perplexity, sparsity_report
@@ -88,8 +81,7 @@ def main() -> None:
         "benchmark": "owl", "model": args.model, "dataset": "wiki-sample", "seqlen": args.seqlen,
         "calib_samples": args.calib_samples, "max_eval_windows": args.max_eval_windows, "seed": args.seed,
         "target_sparsity": args.sparsity, "M": args.M, "outlier_ratios": [round(r, 6) for r in ratios.tolist()],
-        "outlier_seconds": round(outlier_seconds, 1), "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "outlier_seconds": round(outlier_seconds, 1), **machine(),
         "results": results,
     }, indent=2))
 

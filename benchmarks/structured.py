@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _common import machine, protocol_parser
 
 LAYER_FRACTIONS = (0.125, 0.25)
 HEAD_FRACTIONS = (0.2, 1 / 3)
@@ -207,12 +207,7 @@ def measure(args, variant: dict, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--calib-samples", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-eval-windows", type=int, default=40)
+    parser = protocol_parser(__doc__, max_eval_windows=40)
     parser.add_argument("--speed-rounds", type=int, default=5, help="dense/pruned timing rounds, taken in turns")
     parser.add_argument("--only", default="layers,heads,width", help="comma-separated subset of layers,heads,width")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: measure one variant
@@ -247,8 +242,7 @@ def main() -> None:
         "max_eval_windows": args.max_eval_windows, "calib_samples": args.calib_samples, "seed": args.seed,
         "speed": {"prefill": "batch 4 x 128 prompt tokens", "generation": "batch 1, 16 prompt + 32 new tokens",
                   "timing": f"dense and pruned in turns, median of {args.speed_rounds} rounds after 1 warm-up"},
-        "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "results": results,
+        **machine(), "results": results,
     }, indent=2))
 
 
