@@ -25,6 +25,8 @@ nbformat = pytest.importorskip("nbformat")
 
 from pruning_course import grading  # noqa: E402
 from pruning_course.grading import drift, generate, grade, validate  # noqa: E402
+from pruning_course.grading.notebooks import _Catalog  # noqa: E402
+from pruning_course.grading.submissions import _discover, _restore_tests  # noqa: E402
 
 SOLUTIONS = Path(__file__).parent / "fixtures" / "grading" / "solutions"
 A = NB = "fixture_basics"
@@ -340,7 +342,7 @@ def test_zip_regrade_and_wall_clock_limit(batch, course, tmp_path):
 
 
 def test_discover_submission_layouts(tmp_path):
-    catalog = grading._Catalog(tmp_path, {"01_why_pruning": ["01_why_pruning"], "02_wanda": ["02_wanda"]})
+    catalog = _Catalog(tmp_path, {"01_why_pruning": ["01_why_pruning"], "02_wanda": ["02_wanda"]})
     files = [
         "submitted/alice/01_why_pruning/01_why_pruning.ipynb",   # nbgrader
         "bob/02_wanda.ipynb",                                    # folder per student
@@ -361,7 +363,7 @@ def test_discover_submission_layouts(tmp_path):
         import os
 
         os.utime(p, (1000 + i, 1000 + i))
-    subs, skipped = grading._discover(tmp_path / "in", catalog)
+    subs, skipped = _discover(tmp_path / "in", catalog)
     found = {(s.student, s.assignment, s.notebook): s for s in subs}
     assert sorted(found) == [
         ("Jane_Doe_123_assignsubmission_file", "01_why_pruning", "01_why_pruning"),
@@ -384,11 +386,11 @@ def test_restore_tests_when_the_preceding_cell_is_gone_too(course):
     release = course["release"]
     nb = copy.deepcopy(release)
     nb.cells = [c for c in nb.cells if _grade_id(c) not in {"mean", "test_mean", "test_clip"}]
-    restored = grading._restore_tests(nb, release)
+    restored = _restore_tests(nb, release)
     assert restored == ["test_mean", "test_clip"]
     assert [_grade_id(c) for c in nb.cells] == ["intro", "setup", "add_md", "add", "test_add", "mean_md",
                                                 "test_mean", "clip_md", "clip", "test_clip"]
     # a notebook with no nbgrader cells at all gets the tests appended in order
     bare = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ADD)])
-    assert grading._restore_tests(bare, release) == ["test_add", "test_mean", "test_clip"]
+    assert _restore_tests(bare, release) == ["test_add", "test_mean", "test_clip"]
     assert [_grade_id(c) for c in bare.cells] == [None, "test_add", "test_mean", "test_clip"]

@@ -1,0 +1,78 @@
+"""The course's nbgrader machinery: generate student notebooks, validate them, grade submissions.
+
+Course layout
+    ``solutions/<assignment>/<notebook>.ipynb``  instructor sources in nbgrader source format
+    (``### BEGIN SOLUTION``, ``### BEGIN HIDDEN TESTS``, points on test cells, locked cells).
+    ``notebooks/<assignment>/<notebook>.ipynb``  student versions, written by :func:`generate`.
+    Notebook names must be unique across assignments: that is how a submitted file is matched
+    to its assignment.  The grading policy (timeouts, stderr, deleted cells, crashed kernels)
+    is ``autograder/nbgrader_config.py``.
+
+Every nbgrader run happens in a throwaway course directory under the system temp directory
+(sources copied in, student files written there), so a submission never runs in the
+repository.  nbgrader runs in worker processes watched from outside: a worker that runs over
+a student's wall-clock limit or dies is killed together with its kernels, that student is
+graded as the unmodified student version (zero) with the reason, and a fresh worker carries
+on with the next student.  Kernels run the grading Python (``sys.executable``, which needs
+``ipykernel``: the ``course`` extra), import this package (``pruning_course.checks``) from
+where it is now, and get ``PRUNING_COURSE_QUICK=1``; nbgrader sets
+``NBGRADER_EXECUTION=autograde`` while it grades.
+
+Submission layouts accepted by :func:`grade` (a folder, or a ``.zip`` of one; nested folders
+above these are fine, files other than ``.ipynb`` are ignored):
+
+    <student>/<assignment>/<notebook>.ipynb    nbgrader's own (e.g. its ``submitted/`` folder)
+    <student>/<notebook>.ipynb                 one folder per student (Moodle-style exports)
+    <student>_<notebook>.ipynb                 flat; ``-`` or ``.`` also separate, and a
+                                               trailing ``-2`` / `` (2)`` is ignored (Canvas,
+                                               browser re-downloads)
+
+Student ids are the folder name or file-name prefix, with characters other than letters,
+digits and ``._@+-`` replaced by ``_``.  If one student has several files for one notebook,
+the newest is graded and the others are named in the reason.
+
+:func:`grade` writes into ``out_dir`` (safe to re-run; earlier students are kept):
+
+    grades.csv                 student, assignment, notebook, score, max_score, status, reason
+    gradebook.db               the nbgrader gradebook (every grade ever recorded here)
+    feedback/<student>/<assignment>/<notebook>.html   nbgrader feedback + a grading-notes box
+    autograded/<student>/<assignment>/<notebook>.ipynb  the executed notebooks
+    logs/<student>/<assignment>.log                   nbgrader's log of the run
+    grading_status.json        status and reason of every graded notebook
+    skipped.csv                files of the last run that could not be matched to a student
+
+Statuses (most severe first): ``error`` (grading itself failed; scored as the unmodified
+student version, i.e. zero), ``invalid`` (not a readable notebook; zero), ``missing`` (a
+notebook of the assignment was not submitted; zero), ``kernel_died`` (the cells from the
+crash on score zero), ``timeout`` (a cell hit the per-cell timeout and scored zero),
+``cells_restored`` (deleted test cells were put back and graded), ``graded``.
+
+Modules: ``reports`` (constants, errors, result types), ``notebooks`` (course catalogue, notebook
+helpers), ``course`` (the throwaway nbgrader course, its workers, the gradebook), ``release``
+(generate, drift, validate), ``submissions`` (finding, extracting and preparing submissions),
+``batch`` (grade).  This package re-exports the public names.
+"""
+
+from .batch import grade
+from .release import drift, generate, validate
+from .reports import (
+    COURSE_ID,
+    CSV_FIELDS,
+    DEFAULT_CONFIG,
+    DEFAULT_TIMEOUT,
+    RELEASE_STUDENT,
+    SOLUTION_STUDENT,
+    STATUSES,
+    CellCheck,
+    GradeReport,
+    GradingError,
+    NotebookGrade,
+    NotebookValidation,
+    ValidationReport,
+)
+
+__all__ = [
+    "COURSE_ID", "CSV_FIELDS", "DEFAULT_CONFIG", "DEFAULT_TIMEOUT", "RELEASE_STUDENT", "SOLUTION_STUDENT",
+    "STATUSES", "CellCheck", "GradeReport", "GradingError", "NotebookGrade", "NotebookValidation",
+    "ValidationReport", "drift", "generate", "grade", "validate",
+]

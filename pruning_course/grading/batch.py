@@ -1,0 +1,354 @@
+"""Grading a batch of submissions: :func:`grade`, one job per student and assignment through
+nbgrader, the lock on the output folder, feedback pages and the cumulative outputs
+(``grades.csv``, ``grading_status.json``)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import html
+import io
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .course import _Course, _failure_summary, _gradebook_cells, _gradebook_scores
+from .notebooks import (
+    _catalog,
+    _cell_errors,
+    _dumps,
+    _nbmeta,
+    _read_notebook,
+    _run_flags,
+    _write_bytes,
+)
+from .reports import (
+    CSV_FIELDS,
+    DEFAULT_TIMEOUT,
+    STATUSES,
+    GradeReport,
+    GradingError,
+    NotebookGrade,
+    _num,
+    _short,
+)
+from .submissions import _discover, _extract_zip, _prepare, _Submission
+
+# ---------------------------------------------------------------------------------------------
+# grade
+# ---------------------------------------------------------------------------------------------
+
+
+def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions",
+          timeout: int = DEFAULT_TIMEOUT, *, quick: bool = True, wall_timeout: float | None = None,
+          config: str | Path | None = None) -> GradeReport:
+    """Autograde a folder or ``.zip`` of submitted notebooks (layouts: see the package docstring).
+
+    ``timeout`` is the per-cell limit in seconds; ``wall_timeout`` caps one student's assignment
+    as a whole (default: enough for every cell to hit ``timeout``).  Results accumulate in
+    ``out_dir`` (``grades.csv``, feedback, gradebook); grading the same student again replaces
+    that student's grade and keeps everyone else's."""
+    start = time.time()
+    catalog = _catalog(solutions_dir)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    db_path = out / "gradebook.db"
+    report = GradeReport(out_dir=out, csv_path=out / "grades.csv")
+    with _out_dir_lock(out), _Course(catalog, db_path, timeout=timeout, quick=quick, config=config) as course:
+        if db_path.exists():
+            shutil.copyfile(db_path, out / "gradebook.db.bak")
+        src = Path(submissions).resolve()
+        if not src.exists():
+            raise GradingError(f"submissions not found: {src}")
+        if src.is_file() and src.suffix.lower() == ".zip":
+            root = course.tmp / "upload"
+            root.mkdir()
+            report.skipped += _extract_zip(src, root)
+        else:
+            root = src
+        subs, skipped = _discover(root, catalog, exclude=out)
+        report.skipped += skipped
+        groups: dict[tuple[str, str], list[_Submission]] = {}
+        for s in subs:
+            groups.setdefault((s.student, s.assignment), []).append(s)
+        if groups:
+            try:
+                course.generate(sorted({a for _, a in groups}))
+            except GradingError as exc:
+                raise GradingError(f"{exc}\nIf cells were added to or removed from the solutions since {out} "
+                                   "was first graded, grade into a new folder.") from exc
+            report.grades += _grade_batch(course, out, groups, wall_timeout)
+        _save_status(out, report.grades)
+        _write_csv(out, db_path)
+        (out / "skipped.csv").unlink(missing_ok=True)  # it describes one run
+        if report.skipped:
+            with open(out / "skipped.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["file", "reason"])
+                w.writerows(report.skipped)
+    report.seconds = time.time() - start
+    return report
+
+
+@dataclass
+class _Job:
+    """One student's notebooks of one assignment, through the stages of grading."""
+
+    student: str
+    assignment: str
+    notebooks: list[str]
+    submitted: dict[str, _Submission]
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    flags: dict[str, set] = field(default_factory=dict)
+    code_cells: int = 0
+    problem: str | None = None
+
+    def note(self, nb: str | None, flag: str | None, text: str) -> None:
+        for name in [nb] if nb else self.notebooks:
+            self.notes.setdefault(name, []).append(text)
+            if flag:
+                self.flags.setdefault(name, set()).add(flag)
+
+
+@contextlib.contextmanager
+def _out_dir_lock(out: Path):
+    """One ``grade`` at a time per output folder (they share its gradebook)."""
+    lock = out / ".grading.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                raise GradingError(f"{out} is being graded by process {pid}; wait for it, "
+                                   f"or delete {lock} if that is wrong") from None
+            lock.unlink(missing_ok=True)  # left behind by a run that was killed
+    else:
+        raise GradingError(f"cannot lock {out}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _grade_batch(course: _Course, out: Path, groups: dict, wall_timeout: float | None) -> list[NotebookGrade]:
+    jobs = []
+    for (student, a), group in sorted(groups.items()):
+        job = _Job(student, a, course.catalog.assignments[a], {s.notebook: s for s in group})
+        for nb in job.notebooks:
+            job.notes[nb] = list(job.submitted[nb].notes) if nb in job.submitted else []
+            job.flags[nb] = set()
+        try:
+            _prepare_job(course, job)
+        except Exception as exc:  # never let one submission stop the batch
+            job.problem = _short(f"internal error while reading the submission ({type(exc).__name__}: {exc})")
+        jobs.append(job)
+
+    def tasks_for(batch: list[_Job], limit) -> list[dict]:
+        tasks = []
+        for job in batch:
+            log = str(out / "logs" / job.student / f"{job.assignment}.log")
+            tasks.append({"op": "autograde", "assignment": job.assignment, "student": job.student,
+                          "limit": limit(job), "log": log})
+            tasks.append({"op": "feedback", "assignment": job.assignment, "student": job.student,
+                          "limit": 300, "log": log, "needs": len(tasks) - 1})
+        return tasks
+
+    for job in jobs:
+        log = out / "logs" / job.student / f"{job.assignment}.log"
+        if log.exists():
+            log.unlink()
+    runnable = [j for j in jobs if j.problem is None]
+    results = course.run(tasks_for(runnable, lambda j: wall_timeout or course.timeout * (j.code_cells + 2) + 180))
+    for job, (auto, _feedback) in zip(runnable, zip(results[::2], results[1::2])):
+        if not auto.get("success"):
+            job.problem = _failure_summary(auto)
+        elif not all(course.autograded_nb(job.student, job.assignment, nb).exists() for nb in job.submitted):
+            job.problem = "nbgrader produced no graded notebook"
+
+    # what nbgrader could not grade is graded as the unmodified student version (zero), with the reason
+    failed = [j for j in jobs if j.problem is not None]
+    for job in failed:
+        sub_dir = course.submitted_dir(job.student, job.assignment)
+        sub_dir.mkdir(parents=True, exist_ok=True)
+        for nb in job.notebooks:
+            job.note(nb, "error", f"grading failed ({job.problem}); scored as the unmodified student version (zero)")
+            shutil.copyfile(course.release_nb(job.assignment, nb), sub_dir / f"{nb}.ipynb")
+        shutil.rmtree(course.root / "autograded" / job.student / job.assignment, ignore_errors=True)
+        shutil.rmtree(course.root / "feedback" / job.student / job.assignment, ignore_errors=True)
+    if failed:
+        retry = course.run(tasks_for(failed, lambda j: course.timeout * 4 + 300))
+        for job, auto in zip(failed, retry[::2]):
+            if not auto.get("success"):
+                job.note(None, None, f"grading the unmodified student version failed too ({_failure_summary(auto)})")
+
+    grades = []
+    for job in jobs:
+        try:
+            grades += _collect(course, out, job)
+        except Exception as exc:
+            for nb in job.notebooks:
+                grades.append(NotebookGrade(job.student, job.assignment, nb, 0.0, 0.0, "error",
+                                            _short(f"internal grading error ({type(exc).__name__}: {exc})", 400),
+                                            submitted=job.submitted[nb].origin if nb in job.submitted else ""))
+    return grades
+
+
+def _prepare_job(course: _Course, job: _Job) -> None:
+    """Write the student's notebooks, made safe for nbgrader, into ``submitted/``."""
+    sub_dir = course.submitted_dir(job.student, job.assignment)
+    if sub_dir.exists():
+        shutil.rmtree(sub_dir)
+    sub_dir.mkdir(parents=True)
+    for nb in job.notebooks:
+        release = _read_notebook(course.release_nb(job.assignment, nb))
+        if nb not in job.submitted:
+            job.note(nb, "missing", "this notebook was not submitted")
+            continue
+        prepared, unreadable, restored = _prepare(job.submitted[nb].path, release)
+        if prepared is None:
+            job.note(nb, "invalid", f"{unreadable}; it was graded as the unmodified student version (zero)")
+            prepared = release
+        elif restored:
+            job.note(nb, "cells_restored", f"deleted test cell(s) {', '.join(restored)} were put back and graded")
+        job.code_cells += sum(c.cell_type == "code" for c in prepared.cells)
+        (sub_dir / f"{nb}.ipynb").write_text(_dumps(prepared), encoding="utf-8")
+
+
+def _collect(course: _Course, out: Path, job: _Job) -> list[NotebookGrade]:
+    """Scores from the gradebook, reasons from the executed notebooks; publish feedback."""
+    student, a = job.student, job.assignment
+    grades = []
+    for nb in job.notebooks:
+        flags, notes = job.flags[nb], job.notes[nb]
+        cells = _gradebook_cells(course.db_path, student, a, nb) or {}
+        graded_nb = course.autograded_nb(student, a, nb)
+        if "error" not in flags:
+            for flag in _run_flags(graded_nb):
+                kind, sentence = flag.split(": ", 1)
+                flags.add(kind)
+                notes.append(sentence)
+        errors = _cell_errors(graded_nb)
+        failed = [f"{gid} ({_num(c['score'] or 0)}/{_num(c['max_score'])})"
+                  + (f": {errors[gid]}" if gid in errors else "")
+                  for gid, c in cells.items() if not c["manual"] and (c["score"] or 0) < c["max_score"]]
+        manual = [gid for gid, c in cells.items() if c["manual"]]
+        score = sum(c["score"] or 0 for c in cells.values())
+        max_score = sum(c["max_score"] for c in cells.values()) or _max_points(course.release_nb(a, nb))
+        if failed and not flags & {"error", "invalid", "missing"}:
+            notes.append("failed: " + "; ".join(failed))
+        elif not failed and cells:
+            notes.append("all tests passed")
+        if manual:
+            notes.append(f"needs manual grading: {', '.join(manual)}")
+        if graded_nb.exists() and not course.feedback_html(student, a, nb).exists():
+            notes.append("nbgrader could not produce the feedback page")
+        status = next((s for s in STATUSES if s in flags), "graded")
+        reason = " | ".join(notes)
+        feedback = _publish(course, out, student, a, nb, score, max_score, status, reason)
+        grades.append(NotebookGrade(student, a, nb, score, max_score, status, reason, feedback,
+                                    job.submitted[nb].origin if nb in job.submitted else ""))
+    return grades
+
+
+def _max_points(path: Path) -> float:
+    try:
+        return float(sum(_nbmeta(c).get("points", 0) or 0 for c in _read_notebook(path).cells if _nbmeta(c).get("grade")))
+    except Exception:
+        return 0.0
+
+
+def _publish(course: _Course, out: Path, student: str, a: str, nb: str, score: float, max_score: float,
+             status: str, reason: str) -> Path:
+    """Copy the feedback (with a grading-notes box) and the executed notebook into ``out``."""
+    box = _notes_box(student, nb, score, max_score, status, reason)
+    src = course.feedback_html(student, a, nb)
+    dst = out / "feedback" / student / a / f"{nb}.html"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.exists():
+        page = src.read_text(encoding="utf-8", errors="replace")
+        m = re.search(r"<body[^>]*>", page, flags=re.IGNORECASE)
+        page = page[: m.end()] + "\n" + box + page[m.end():] if m else box + page
+    else:
+        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(nb)}</title></head>"
+                f"<body>\n{box}\n<p>No feedback notebook could be produced for this submission.</p></body></html>\n")
+    _write_bytes(dst, page.encode("utf-8"))
+    graded = course.autograded_nb(student, a, nb)
+    if graded.exists():
+        target = out / "autograded" / student / a / f"{nb}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_bytes(target, graded.read_bytes())
+    return dst
+
+
+def _notes_box(student, nb, score, max_score, status, reason) -> str:
+    colour = "#2e7d32" if status == "graded" else "#c62828"
+    items = "".join(f"<li>{html.escape(part)}</li>" for part in reason.split(" | ") if part)
+    return (f'<div id="autograder-notes" style="border:2px solid {colour};border-radius:6px;margin:1em;'
+            f'padding:0.6em 1em;font-family:sans-serif;background:#fafafa">'
+            f"<strong>Autograder</strong> &mdash; {html.escape(student)}, {html.escape(nb)}: "
+            f"score {_num(score)} / {_num(max_score)} (status: {html.escape(status)})"
+            f"<ul>{items}</ul></div>")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _status_key(student: str, a: str, nb: str) -> str:
+    return f"{student}/{a}/{nb}"
+
+
+def _save_status(out: Path, grades: list[NotebookGrade]) -> None:
+    path = out / "grading_status.json"
+    status = json.loads(path.read_text()) if path.exists() else {}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for g in grades:
+        status[_status_key(g.student, g.assignment, g.notebook)] = {
+            "student": g.student, "assignment": g.assignment, "notebook": g.notebook,
+            "score": g.score, "max_score": g.max_score, "status": g.status, "reason": g.reason,
+            "submitted": g.submitted, "graded_at": now}
+    _write_bytes(path, json.dumps(dict(sorted(status.items())), indent=1).encode())
+
+
+def _write_csv(out: Path, db_path: Path) -> None:
+    """``grades.csv``: every notebook graded into this ``out_dir``; scores from the gradebook."""
+    path = out / "grading_status.json"
+    status = json.loads(path.read_text()) if path.exists() else {}
+    scores = _gradebook_scores(db_path)
+    rows = {}
+    for rec in status.values():
+        key = (rec["student"], rec["assignment"], rec["notebook"])
+        score, max_score = scores.get(key, (rec["score"], rec["max_score"]))
+        rows[key] = {**{k: rec[k] for k in ("student", "assignment", "notebook", "status", "reason")},
+                     "score": _num(score), "max_score": _num(max_score)}
+    for key, (score, max_score) in scores.items():
+        rows.setdefault(key, {"student": key[0], "assignment": key[1], "notebook": key[2],
+                              "score": _num(score), "max_score": _num(max_score), "status": "graded", "reason": ""})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for key in sorted(rows):
+        w.writerow(rows[key])
+    _write_bytes(out / "grades.csv", buf.getvalue().encode())

@@ -1,0 +1,414 @@
+"""The throwaway nbgrader course directory (:class:`_Course`), the worker processes that run
+nbgrader in it (``_worker_main``, watched and killed from outside), and reading the gradebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .notebooks import _Catalog, _ignored
+from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, _short
+
+_WORKER = "import sys; from pruning_course.grading.course import _worker_main; _worker_main(sys.argv[1:])"
+
+
+class _Course:
+    """A temporary nbgrader course: ``source/``, ``release/``, ``submitted/``, ``autograded/``, ``feedback/``."""
+
+    def __init__(self, catalog: _Catalog, db_path: Path | None = None, *, timeout: int = DEFAULT_TIMEOUT,
+                 quick: bool = True, config: str | Path | None = None):
+        self.catalog = catalog
+        self.timeout = int(timeout)
+        self.quick = quick
+        import importlib.util
+
+        missing = [m for m in ("nbgrader", "ipykernel", "nbconvert") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise GradingError(f"grading needs {', '.join(missing)}: pip install 'pruning-course[course]'")
+        config = Path(config or DEFAULT_CONFIG).resolve()
+        if not config.is_file():
+            raise GradingError(f"nbgrader course config not found: {config}")
+        self.tmp = Path(tempfile.mkdtemp(prefix="pruning-course-grading-"))
+        self.root = self.tmp / "course"
+        self.root.mkdir()
+        self.db_path = Path(db_path).resolve() if db_path else self.tmp / "gradebook.db"
+        self._write_config(config)
+        self._write_kernel_and_path()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _write_config(self, course_config: Path) -> None:
+        t = self.timeout
+        timeout_error = {
+            "ename": "CellTimeoutError",
+            "evalue": f"the cell did not finish within {t} s and was interrupted",
+            "traceback": [f"\x1b[0;31mCellTimeoutError\x1b[0m: the cell did not finish within {t} s and was "
+                          "interrupted (an infinite loop, or far too slow)"],
+        }
+        text = "\n".join([
+            "# written by pruning_course.grading for one run; the course policy is loaded first",
+            "c = get_config()",
+            f"load_subconfig({str(course_config)!r})",
+            f"c.CourseDirectory.root = {str(self.root)!r}",
+            f"c.CourseDirectory.db_url = {('sqlite:///' + str(self.db_path))!r}",
+            f"c.CourseDirectory.course_id = {COURSE_ID!r}",
+            f"c.Execute.timeout = {t}",
+            f"c.ExecutePreprocessor.timeout = {t}",
+            f"c.Execute.error_on_timeout = {timeout_error!r}",
+            f"c.CourseExecute.interrupt_grace = {min(60, max(5, t // 10))}",
+            f"c.Execute.iopub_timeout = {min(30, max(4, t))}",
+            f"c.ExecutePreprocessor.iopub_timeout = {min(30, max(4, t))}",
+            "",
+        ])
+        self.config_file = self.root / "nbgrader_config.py"
+        self.config_file.write_text(text)
+
+    def _write_kernel_and_path(self) -> None:
+        spec = self.tmp / "jupyter" / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": False},
+        }, indent=1))
+        for d in ("jupyter_config", "jupyter_runtime", "ipython"):
+            (self.tmp / d).mkdir()
+        # only this package goes on the kernels' path, never the repository root
+        pypath = self.tmp / "pythonpath"
+        pypath.mkdir()
+        package = Path(__file__).resolve().parents[1]
+        try:
+            (pypath / package.name).symlink_to(package, target_is_directory=True)
+        except OSError:
+            shutil.copytree(package, pypath / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+        self.pythonpath = pypath
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        for var in ("JPY_PARENT_PID", "NBGRADER_EXECUTION", "NBGRADER_VALIDATING"):
+            env.pop(var, None)
+        env.update({
+            "PYTHONPATH": os.pathsep.join([str(self.pythonpath)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            "JUPYTER_PATH": str(self.tmp / "jupyter"),
+            "JUPYTER_CONFIG_DIR": str(self.tmp / "jupyter_config"),
+            "JUPYTER_RUNTIME_DIR": str(self.tmp / "jupyter_runtime"),
+            "IPYTHONDIR": str(self.tmp / "ipython"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "PRUNING_COURSE_QUICK": "1" if self.quick else "0",
+            "PRUNING_COURSE_CELL_TIMEOUT": str(self.timeout),
+            "MPLBACKEND": "Agg",
+            "PYTHONWARNINGS": "ignore",
+            "TQDM_DISABLE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "TOKENIZERS_PARALLELISM": "false",
+        })
+        return env
+
+    def add_sources(self, assignments: Iterable[str]) -> None:
+        for a in assignments:
+            dst = self.root / "source" / a
+            if dst.exists():
+                continue
+            shutil.copytree(self.catalog.root / a, dst, ignore=lambda _d, names: [n for n in names if _ignored(n)])
+
+    # -- paths ------------------------------------------------------------------------------
+    def release_nb(self, a: str, nb: str) -> Path:
+        return self.root / "release" / a / f"{nb}.ipynb"
+
+    def submitted_dir(self, student: str, a: str) -> Path:
+        return self.root / "submitted" / student / a
+
+    def autograded_nb(self, student: str, a: str, nb: str) -> Path:
+        return self.root / "autograded" / student / a / f"{nb}.ipynb"
+
+    def feedback_html(self, student: str, a: str, nb: str) -> Path:
+        return self.root / "feedback" / student / a / f"{nb}.html"
+
+    # -- running nbgrader -----------------------------------------------------------------
+    def run(self, tasks: list[dict]) -> list[dict]:
+        """Run nbgrader tasks (``op``: generate | autograde | feedback) in worker processes.
+
+        Each task may carry ``limit`` (seconds, default 600), ``log`` (a file that gets the
+        task's nbgrader log) and ``needs`` (the index of a task that must succeed first).  One
+        worker runs the tasks in order, so nbgrader is imported once per batch; a worker that runs over a task's limit, or dies, is killed together with its
+        kernels, that task is recorded as failed, and a fresh worker carries on with the next
+        task.  Returns one result per task: ``success``, ``error``, ``log`` and, when the
+        worker had to be stopped, ``failure`` (a sentence)."""
+        results: list[dict | None] = [None] * len(tasks)
+        first = 0
+        while first < len(tasks):
+            need = tasks[first].get("needs")
+            if need is not None and results[need] is not None and not results[need].get("success"):
+                results[first] = {**tasks[first], "success": False, "failure": "skipped (the task it needs failed)"}
+                first += 1
+                continue
+            first = self._run_worker(tasks, first, results)
+        return [r or {**t, "success": False, "failure": "not run"} for t, r in zip(tasks, results)]
+
+    def _run_worker(self, tasks: list[dict], first: int, results: list) -> int:
+        """Start a worker at task ``first``; fill ``results``; return the next task to start at."""
+        self._n_runs = getattr(self, "_n_runs", 0) + 1
+        spec_file = self.tmp / f"run-{self._n_runs}.json"
+        events_file = self.tmp / f"events-{self._n_runs}.jsonl"
+        spec_file.write_text(json.dumps({"config": str(self.config_file), "tasks": tasks, "first": first,
+                                         "events": str(events_file), "db": str(self.db_path)}))
+        with open(self.tmp / "workers.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(spec_file)], cwd=self.root,
+                                    env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        launched = time.monotonic()
+        current, since, seen = None, launched, 0
+        try:
+            while True:
+                exited = proc.poll() is not None
+                lines = events_file.read_text().splitlines() if events_file.exists() else []
+                for line in lines[seen:]:
+                    if not line.endswith("}"):
+                        break  # partly written; read again next time
+                    ev = json.loads(line)
+                    seen += 1
+                    if ev["event"] == "start":
+                        current, since = ev["index"], time.monotonic()
+                    else:
+                        results[ev["index"]] = ev["result"]
+                        current = None
+                if exited:
+                    nxt = max([i + 1 for i in range(len(tasks)) if results[i] is not None] + [first])
+                    if nxt < len(tasks):  # died: blame the task it was running (or the next one)
+                        bad = current if current is not None else nxt
+                        self._fail(tasks, results, bad, f"the grading process died (exit status {proc.returncode})")
+                        return bad + 1
+                    return len(tasks)
+                if current is None:
+                    if time.monotonic() - since > 300:  # stuck between tasks or at start-up
+                        bad = max([i + 1 for i in range(len(tasks)) if results[i] is not None] + [first])
+                        _kill_tree(proc)
+                        self._fail(tasks, results, bad, "the grading process did not start the task within 300 s")
+                        return bad + 1
+                else:
+                    limit = float(tasks[current].get("limit", 600))
+                    if time.monotonic() - since > limit:
+                        _kill_tree(proc)
+                        self._fail(tasks, results, current,
+                                   f"it took longer than the wall-clock limit of {limit:.0f} s and was stopped")
+                        return current + 1
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                _kill_tree(proc)
+
+    @staticmethod
+    def _fail(tasks: list[dict], results: list, index: int, failure: str) -> None:
+        results[index] = {**tasks[index], "success": False, "failure": failure}
+        if tasks[index].get("log"):
+            Path(tasks[index]["log"]).parent.mkdir(parents=True, exist_ok=True)
+            with open(tasks[index]["log"], "a", encoding="utf-8") as f:
+                f.write(f"[ERROR] {tasks[index]['op']} stopped: {failure}\n")
+
+    def generate(self, assignments: Iterable[str]) -> None:
+        assignments = list(assignments)
+        self.add_sources(assignments)
+        results = self.run([{"op": "generate", "assignment": a, "limit": 300} for a in assignments])
+        bad = [r for r in results if not r.get("success")]
+        if bad:
+            log = (self.tmp / "workers.log").read_text(errors="replace")[-3000:]
+            raise GradingError(f"nbgrader generate_assignment failed for {bad[0]['assignment']}: "
+                               f"{_failure_summary(bad[0])}\n{log}")
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "_Course":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill the worker and everything it started (kernels run in their own sessions)."""
+    victims = []
+    try:
+        import psutil
+
+        try:
+            parent = psutil.Process(proc.pid)
+            victims = parent.children(recursive=True)
+        except psutil.Error:
+            pass
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        psutil = None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for v in victims:
+        try:
+            v.kill()
+        except Exception:
+            pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
+
+
+def _worker_main(argv: list[str]) -> None:
+    """Entry point of the worker process: run nbgrader converters for a list of tasks."""
+    import logging
+
+    spec = json.loads(Path(argv[0]).read_text())
+    from nbgrader.converters import Autograde, GenerateAssignment, GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.utils import capture_log
+    from traitlets.config.loader import PyFileConfigLoader
+    from traitlets.log import get_logger
+
+    config_path = Path(spec["config"])
+    cfg = PyFileConfigLoader(config_path.name, path=str(config_path.parent)).load_config()
+    if "Autograde" not in cfg or "IgnorePattern" not in cfg:
+        raise SystemExit(f"the course policy (autograder/nbgrader_config.py) was not loaded by {config_path}")
+    _ensure_gradebook(Path(spec["db"]))
+    log = get_logger()
+    log.setLevel(logging.INFO)
+    formatter = logging.Formatter("[%(levelname)s] %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    log.addHandler(console)
+    classes = {"generate": GenerateAssignment, "autograde": Autograde, "feedback": GenerateFeedback}
+
+    def emit(event: dict) -> None:
+        with open(spec["events"], "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    succeeded: dict[int, bool] = {}
+    for index in range(spec["first"], len(spec["tasks"])):
+        task = spec["tasks"][index]
+        emit({"event": "start", "index": index})
+        if succeeded.get(task.get("needs"), True) is False:
+            succeeded[index] = False
+            emit({"event": "done", "index": index,
+                  "result": {**task, "success": False, "failure": "skipped (the task it needs failed)"}})
+            continue
+        start = time.time()
+        task_log = None
+        if task.get("log"):
+            Path(task["log"]).parent.mkdir(parents=True, exist_ok=True)
+            task_log = logging.FileHandler(task["log"], mode="a", encoding="utf-8")
+            task_log.setFormatter(formatter)
+            log.addHandler(task_log)
+        print(f"---- {task['op']} {task['assignment']} {task.get('student', '')}", file=sys.stderr, flush=True)
+        try:
+            coursedir = CourseDirectory(config=cfg)
+            coursedir.assignment_id = task["assignment"]
+            if task.get("student"):
+                coursedir.student_id = task["student"]
+            app = classes[task["op"]](coursedir=coursedir, config=cfg)
+            app.force = True
+            if task["op"] == "generate":
+                app.create_assignment = True
+            elif task["op"] == "autograde":
+                app.create_student = True
+            result = capture_log(app)
+        except Exception as exc:  # setting up the converter failed
+            import traceback
+
+            result = {"success": False, "error": traceback.format_exc(), "failure": f"{type(exc).__name__}: {exc}"}
+        result["seconds"] = round(time.time() - start, 2)
+        log.info("%s %s in %.1f s", task["op"], "succeeded" if result.get("success") else "FAILED", result["seconds"])
+        if task_log is not None:
+            log.removeHandler(task_log)
+            task_log.close()
+        succeeded[index] = bool(result.get("success"))
+        emit({"event": "done", "index": index, "result": {**task, **result}})
+
+
+def _ensure_gradebook(db: Path) -> None:
+    """Create an empty gradebook at ``db`` if there is none, from a cached empty one.
+
+    Creating a gradebook runs nbgrader's alembic migrations (~3 s); an empty one is kept in the
+    temp directory per nbgrader version and copied instead."""
+    if db.exists():
+        return
+    from importlib.metadata import version
+
+    from nbgrader.api import Gradebook
+
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    template = Path(tempfile.gettempdir()) / f"pruning-course-empty-gradebook-{version('nbgrader')}-{uid}.db"
+    if not template.exists() or template.read_bytes()[:16] != b"SQLite format 3\x00":
+        fresh = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        Gradebook(f"sqlite:///{fresh}", COURSE_ID).close()
+        os.replace(fresh, template)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+def _failure_summary(result: dict) -> str:
+    """One line saying why an nbgrader task failed, from its log and traceback."""
+    if result.get("failure"):
+        return result["failure"]
+    text = (result.get("log") or "") + "\n" + (result.get("error") or "")
+    candidates = []
+    for line in text.splitlines():
+        line = line.strip()
+        m = _EXC_LINE.match(line)
+        if m and not m.group(1).endswith("NbGraderException"):
+            candidates.append(line)
+    if candidates:
+        return _short(candidates[-1])
+    errors = [ln[len("[ERROR] "):] for ln in text.splitlines() if ln.startswith("[ERROR]")]
+    return _short(errors[0] if errors else "nbgrader reported an error (see the log)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradebook
+# ---------------------------------------------------------------------------------------------
+
+
+def _gradebook(db_path: Path):
+    from nbgrader.api import Gradebook
+
+    return Gradebook(f"sqlite:///{db_path}", COURSE_ID)
+
+
+def _gradebook_cells(db_path: Path, student: str, a: str, nb: str) -> dict | None:
+    """``{grade_id: {"score", "max_score", "manual"}}`` of one submitted notebook, or None."""
+    from nbgrader.api import MissingEntry
+
+    if not db_path.exists():
+        return None
+    with _gradebook(db_path) as gb:
+        try:
+            sub = gb.find_submission_notebook(nb, a, student)
+        except MissingEntry:
+            return None
+        out = {}
+        for g in sub.grades:
+            manual = g.auto_score is None and g.manual_score is None
+            out[g.name] = {"score": None if manual else float(g.score), "max_score": float(g.max_score),
+                           "manual": manual}
+        return out
+
+
+def _gradebook_scores(db_path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    out = {}
+    if not db_path.exists():
+        return out
+    with _gradebook(db_path) as gb:
+        for assignment in gb.assignments:
+            for sub in assignment.submissions:
+                for nb in sub.notebooks:
+                    out[(sub.student.id, assignment.name, nb.name)] = (float(nb.score), float(nb.max_score))
+    return out
