@@ -57,13 +57,12 @@ def distill_function():
     return distill
 
 
-def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int = 0, distilled: dict | None = None) -> dict:
+def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int, distilled: dict) -> dict:
     from pruning_course.evaluate import perplexity
     from pruning_course.models import load_model
     from pruning_course.pruning import prune_model
     from pruning_course.quantize import load_compressed, measure_inference_memory, quantize_model, save_compressed
 
-    distilled = {} if distilled is None else distilled
     start = time.perf_counter()
     model, _, adapter = load_model(args.model, progress=False)
     record = {"row": name, "pruning": None, "bits": bits, "group_size": args.group_size if bits else None,
@@ -125,7 +124,6 @@ def main() -> None:
     unknown = [r for r in wanted if r not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-
 
     from pruning_course.data import calibration_windows, load_token_splits
     from pruning_course.models import load_model
