@@ -2,7 +2,8 @@
 
 Rows: dense, INT8, INT4 (GPTQ), 50% Wanda, 2:4 Wanda, 50% Wanda + INT4, 2:4 Wanda + INT8, and with
 ``--distill-steps N`` the pruned rows again with a short knowledge-distillation fine-tune
-(:func:`pruning_course.distill.distill`, prune -> distill -> quantize) when that module exists.
+(:func:`pruning_course.distill.distill`, prune -> distill -> quantize; each pruned model is distilled
+once and its quantized row starts from the distilled weights).
 
 Each row: load the model, prune (Wanda) and/or quantize (GPTQ, on the same calibration windows as
 the pruning: ``--calib-samples`` windows of ``--seqlen`` tokens, seed ``--seed``, from the train
@@ -48,16 +49,8 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def distill_function():
-    """``pruning_course.distill.distill``, or ``None`` when that module is not there (yet)."""
-    try:
-        from pruning_course.distill import distill
-    except ImportError:
-        return None
-    return distill
-
-
 def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int, distilled: dict) -> dict:
+    from pruning_course.distill import distill
     from pruning_course.evaluate import perplexity
     from pruning_course.models import load_model
     from pruning_course.pruning import prune_model
@@ -77,8 +70,8 @@ def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int, 
         key = (prune, distill_steps)
         if key not in distilled:  # distil each pruned model once; its quantized rows start from the same weights
             teacher = load_model(args.model, progress=False).model
-            history = distill_function()(model, teacher, data["train"], distill_steps, seqlen=args.distill_seqlen,
-                                         adapter=adapter, keep_masks=masks, progress=False)
+            history = distill(model, teacher, data["train"], distill_steps, seqlen=args.distill_seqlen,
+                              adapter=adapter, keep_masks=masks, progress=False)
             del teacher
             distilled[key] = ({k: v.clone() for k, v in model.state_dict().items()},
                               {"steps": distill_steps, "seqlen": args.distill_seqlen,
@@ -134,12 +127,8 @@ def main() -> None:
             "windows": calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)}
 
     runs = [(name, *ROWS[name], 0) for name in wanted]
-    distill_note = None
     if args.distill_steps:
-        if distill_function() is None:
-            distill_note = "skipped: pruning_course.distill is not available"
-        else:
-            runs += [(f"{name}+kd", *ROWS[name], args.distill_steps) for name in wanted if ROWS[name][0] is not None]
+        runs += [(f"{name}+kd", *ROWS[name], args.distill_steps) for name in wanted if ROWS[name][0] is not None]
 
     results, distilled = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +147,7 @@ def main() -> None:
         "calib_samples": args.calib_samples, "seed": args.seed, "max_eval_windows": args.max_eval_windows,
         "quant_method": args.quant_method, "group_size": args.group_size, "memory_seqlen": args.memory_seqlen,
         "stored_floats": "float16", "ppl_of": "the model reloaded from its compressed file",
-        "distill": distill_note or (f"{args.distill_steps} steps, prune -> distill -> quantize" if args.distill_steps else "off"),
+        "distill": f"{args.distill_steps} steps, prune -> distill -> quantize" if args.distill_steps else "off",
         **machine(), "results": results,
     }, indent=2))
 
