@@ -35,7 +35,6 @@ def main() -> None:
     lams = [float(v) for v in args.lam.split(",")]
     methods = args.methods.split(",")
 
-
     from pruning_course.data import calibration_windows, load_token_splits
     from pruning_course.evaluate import perplexity, sparsity_report
     from pruning_course.models import load_model
