@@ -278,7 +278,16 @@ def break_even_sparsity(rows: Sequence[dict], batch_size: int, shape: tuple[int,
         raise ValueError(f"the rows hold several shapes {sorted(shapes)}: pass shape=(out, in) to choose one")
     if not selected:
         raise ValueError(f"no measured rows for batch size {batch_size}" + (f" and shape {tuple(shape)}" if shape else ""))
-    points = sorted((r["sparsity"], r["time_ratio"]) for r in selected)
+    return crossing_after_last_slower(sorted((r["sparsity"], r["time_ratio"]) for r in selected))
+
+
+def crossing_after_last_slower(points: Sequence[tuple[float, float]]) -> float | None:
+    """The sparsity where the time ratio crosses 1 after the last point with ratio >= 1, in the order given.
+
+    ``points`` are ``(sparsity, time_ratio)`` pairs, sorted by sparsity for :func:`break_even_sparsity`.
+    Linear interpolation between that last slower point and the next; the first sparsity if no point
+    is slower; ``None`` if the last point is slower.
+    """
     slower = [k for k, (_, ratio) in enumerate(points) if ratio >= 1.0]
     if not slower:
         return points[0][0]

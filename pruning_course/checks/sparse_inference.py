@@ -26,7 +26,13 @@ from collections.abc import Callable
 
 import torch
 
-from ..sparse_inference import break_even_sparsity, csr_memory_break_even, random_sparse_weight, to_csr
+from ..sparse_inference import (
+    break_even_sparsity,
+    crossing_after_last_slower,
+    csr_memory_break_even,
+    random_sparse_weight,
+    to_csr,
+)
 from ..sparse_inference import csr_nbytes as reference_csr_nbytes
 from . import call, fail, keeps_rng, passed
 
@@ -183,15 +189,7 @@ def _no_interpolation(s: list[float], r: list[float]) -> float | None:
 
 
 def _unsorted(s: list[float], r: list[float]) -> float | None:
-    points = list(zip(s, r))
-    slower = [k for k, (_, ratio) in enumerate(points) if ratio >= 1]
-    if not slower:
-        return points[0][0]
-    last = slower[-1]
-    if last == len(points) - 1:
-        return None
-    (s0, r0), (s1, r1) = points[last], points[last + 1]
-    return s0 + (r0 - 1) / (r0 - r1) * (s1 - s0)
+    return crossing_after_last_slower(list(zip(s, r)))
 
 
 def _reference(s: list[float], r: list[float]) -> float | None:
