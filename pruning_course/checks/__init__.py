@@ -46,6 +46,20 @@ def call(fn: Callable, *args: Any, name: str | None = None, **kwargs: Any) -> An
         fail(f"{name} raised {type(error).__name__}: {error}")
 
 
+def call_expecting_value_error(fn: Callable, *args: Any, name: str, what: str, hint: str, **kwargs: Any) -> tuple[bool, Any]:
+    """Call the learner's ``fn`` on input it must reject: ``(True, None)`` if it raised ValueError,
+    ``(False, result)`` if it returned. "Not implemented yet" fails as in :func:`call`; any other
+    exception fails with ``f"{what} raised <type>: <error>{hint}"``."""
+    try:
+        return False, fn(*args, **kwargs)
+    except ValueError:
+        return True, None
+    except NotImplementedError:
+        fail(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
+    except Exception as error:  # noqa: BLE001 - the learner's code crashed
+        fail(f"{what} raised {type(error).__name__}: {error}{hint}")
+
+
 def expect_tensor(value: Any, shape: tuple[int, ...], what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Check type, shape (and dtype) of a returned tensor with a message naming ``what``."""
     if not isinstance(value, torch.Tensor):

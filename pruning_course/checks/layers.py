@@ -38,7 +38,7 @@ from ..structured.layers import angular_distances as package_angular_distances
 from ..structured.layers import choose_consecutive_blocks as package_choose_consecutive_blocks
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
-from . import call, fail, generator, keeps_rng, passed, tiny_random_model
+from . import call, call_expecting_value_error, fail, generator, keeps_rng, passed, tiny_random_model
 
 __all__ = [
     "angular_distance",
@@ -359,19 +359,14 @@ def _expect_value_error(fn: Callable, family: str, num_blocks: int, indices: lis
     model = tiny_random_model(family, num_blocks, seed=53)
     adapter = adapter_for(model)
     call_text = f"remove_blocks(<tiny {family} with {num_blocks} blocks>, adapter, {indices})"
-    try:
-        fn(model, adapter, list(indices))
-    except ValueError:
-        if len(adapter.blocks(model)) != num_blocks:
-            fail(f"{call_text} raised ValueError but had already removed blocks ({len(adapter.blocks(model))} of "
-                 f"{num_blocks} left): check the indices BEFORE changing the model")
-        return
-    except NotImplementedError:
-        fail("remove_blocks is not implemented yet: replace `raise NotImplementedError()` with your code")
-    except Exception as error:  # noqa: BLE001 - the learner's code crashed
-        fail(f"{call_text} raised {type(error).__name__}: {error}. {why}: check the indices first and raise "
-             "ValueError with a message that says what is wrong")
-    fail(f"{call_text} returned without an error; {why}: check the indices first and raise ValueError")
+    raised, _ = call_expecting_value_error(
+        fn, model, adapter, list(indices), name="remove_blocks", what=call_text,
+        hint=f". {why}: check the indices first and raise ValueError with a message that says what is wrong")
+    if not raised:
+        fail(f"{call_text} returned without an error; {why}: check the indices first and raise ValueError")
+    if len(adapter.blocks(model)) != num_blocks:
+        fail(f"{call_text} raised ValueError but had already removed blocks ({len(adapter.blocks(model))} of "
+             f"{num_blocks} left): check the indices BEFORE changing the model")
 
 
 @keeps_rng

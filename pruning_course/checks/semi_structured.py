@@ -28,7 +28,7 @@ import torch
 from ..masks import is_nm_sparse as reference_is_nm_sparse
 from ..masks import nm_mask, per_matrix_mask, per_row_mask
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
-from . import CheckFailed, call, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import CheckFailed, call, call_expecting_value_error, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_convert_to_2_4",
@@ -139,16 +139,11 @@ def check_convert_to_2_4(convert_to_2_4: Callable, seed: int = 0) -> None:
         _diagnose_conversion(mask, weight, scores, where)
 
     weight = torch.randn(4, 10, generator=generator(89 + seed))
-    try:
-        result = convert_to_2_4(weight, weight.abs())
-    except ValueError:
-        pass
-    except NotImplementedError:
-        fail(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
-    except Exception as error:  # noqa: BLE001 - the learner's code crashed
-        fail(f"{name} on a 4x10 weight raised {type(error).__name__}: {error}. 10 input columns do not split into "
-             "groups of 4: check `in_features % 4` first and raise ValueError with a message that says so.")
-    else:
+    raised, result = call_expecting_value_error(
+        convert_to_2_4, weight, weight.abs(), name=name, what=f"{name} on a 4x10 weight",
+        hint=". 10 input columns do not split into groups of 4: check `in_features % 4` first and raise ValueError "
+             "with a message that says so.")
+    if not raised:
         fail(f"{name} on a 4x10 weight returned {type(result).__name__} instead of raising ValueError: 10 input columns "
              "do not split into groups of 4; check `in_features % 4` first and raise ValueError.")
     passed("convert_to_2_4 keeps the 2 highest-scoring of every 4 consecutive input weights, unchanged, and zeroes the rest")
@@ -314,16 +309,10 @@ def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
 
     # a width that is not a multiple of m: False or ValueError
     weight = torch.randn(4, 10, generator=generator(99 + seed))
-    try:
-        answer = is_nm_sparse(weight, 2, 4)
-    except ValueError:
-        pass
-    except NotImplementedError:
-        fail(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
-    except Exception as error:  # noqa: BLE001 - the learner's code crashed
-        fail(f"{name} on a 4x10 weight with 2:4 raised {type(error).__name__}: {error}. 10 columns do not split into "
-             "groups of 4: return False (or raise ValueError) when in_features % m != 0.")
-    else:
+    raised, answer = call_expecting_value_error(
+        is_nm_sparse, weight, 2, 4, name=name, what=f"{name} on a 4x10 weight with 2:4",
+        hint=". 10 columns do not split into groups of 4: return False (or raise ValueError) when in_features % m != 0.")
+    if not raised:
         if _as_bool(answer, "on a 4x10 weight with 2:4") is not False:
             fail(f"{name} says a 4x10 weight is 2:4 sparse, but 10 columns do not split into groups of 4: return False "
                  "(or raise ValueError) when in_features % m != 0.")

@@ -41,7 +41,7 @@ from ..structured.sensitivity import layer_sensitivity, schedule_from_sensitivit
 from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities
-from . import call, fail, generator, keeps_rng, passed, tiny_random_model
+from . import call, call_expecting_value_error, fail, generator, keeps_rng, passed, tiny_random_model
 
 __all__ = [
     "check_outlier_ratio",
@@ -331,15 +331,10 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
     # a spread that does not fit: the schedule would leave (0, 1)
     sensitivity, counts, target, spread = torch.tensor([0.3, 0.1, 0.9, 0.2], dtype=torch.float64), [4, 4, 4, 4], 0.9, 0.4
     where = f"for target {target} and spread {spread} (4 equal blocks)"
-    try:
-        result = sensitivity_schedule(sensitivity, counts, target, spread)
-    except ValueError:
-        pass
-    except NotImplementedError:
-        fail(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code")
-    except Exception as error:  # noqa: BLE001 - the learner's code crashed
-        fail(f"{where}: {name} raised {type(error).__name__}: {error}; raise ValueError when a sparsity would leave (0, 1)")
-    else:
+    raised, result = call_expecting_value_error(
+        sensitivity_schedule, sensitivity, counts, target, spread, name=name, what=f"{where}: {name}",
+        hint="; raise ValueError when a sparsity would leave (0, 1)")
+    if not raised:
         try:
             shown = _fmt(torch.as_tensor(result, dtype=torch.float64).flatten())
         except (TypeError, ValueError, RuntimeError):

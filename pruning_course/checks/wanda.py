@@ -19,7 +19,19 @@ from ..evaluate import relative_output_error
 from ..masks import nm_mask as reference_nm_mask
 from ..masks import num_to_prune, per_matrix_mask, per_row_mask
 from ..unstructured.wanda import wanda_scores as reference_wanda_scores
-from . import CheckFailed, call, expect_keep_mask, expect_tensor, fail, fmt_values, generator, keeps_rng, passed, scale_factor
+from . import (
+    CheckFailed,
+    call,
+    call_expecting_value_error,
+    expect_keep_mask,
+    expect_tensor,
+    fail,
+    fmt_values,
+    generator,
+    keeps_rng,
+    passed,
+    scale_factor,
+)
 
 __all__ = [
     "check_activation_norm_hook",
@@ -489,16 +501,11 @@ def check_nm_mask(nm_mask: Callable) -> None:
 
     # a width that is not a multiple of M
     scores = torch.rand(4, 10, generator=gen)
-    try:
-        result = nm_mask(scores, 2, 4)
-    except ValueError:
-        pass
-    except NotImplementedError:
-        fail("nm_mask is not implemented yet: replace `raise NotImplementedError()` with your code")
-    except Exception as error:  # noqa: BLE001 - the learner's code crashed
-        fail(f"nm_mask(scores of width 10, 2, 4) raised {type(error).__name__}: {error}. A width that is not a "
-             "multiple of M cannot be split into groups: check it first and raise ValueError with a clear message.")
-    else:
+    raised, result = call_expecting_value_error(
+        nm_mask, scores, 2, 4, name="nm_mask", what="nm_mask(scores of width 10, 2, 4)",
+        hint=". A width that is not a multiple of M cannot be split into groups: check it first and raise ValueError "
+             "with a clear message.")
+    if not raised:
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
         fail(f"nm_mask(scores of width 10, 2, 4) returned {shape} instead of raising ValueError: 10 input columns do "
              "not split into groups of 4; check `in_features % m` first and raise ValueError.")
