@@ -78,7 +78,7 @@ class _Course:
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": False},
         }, indent=1))
-        for d in ("jupyter_config", "jupyter_runtime", "ipython"):
+        for d in ("jupyter_config", "jupyter_runtime", "ipython", "scratch"):
             (self.tmp / d).mkdir()
         # only this package goes on the kernels' path, never the repository root
         pypath = self.tmp / "pythonpath"
@@ -89,13 +89,19 @@ class _Course:
         except OSError:
             shutil.copytree(package, pypath / package.name, ignore=shutil.ignore_patterns("__pycache__"))
         self.pythonpath = pypath
+        self.scratch = self.tmp / "scratch"
 
     def env(self) -> dict:
         env = dict(os.environ)
         for var in ("JPY_PARENT_PID", "NBGRADER_EXECUTION", "NBGRADER_VALIDATING"):
             env.pop(var, None)
         env.update({
+            # nbgrader runs console scripts (alembic, jupyter) by name: this interpreter's first
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent)] + [p for p in [os.environ.get("PATH")] if p]),
             "PYTHONPATH": os.pathsep.join([str(self.pythonpath)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            # kernels' connection files, nbgrader's scratch and anything else temporary stay in
+            # this course's folder, which close() removes even when a kernel was killed
+            "TMPDIR": str(self.scratch),
             "JUPYTER_PATH": str(self.tmp / "jupyter"),
             "JUPYTER_CONFIG_DIR": str(self.tmp / "jupyter_config"),
             "JUPYTER_RUNTIME_DIR": str(self.tmp / "jupyter_runtime"),
@@ -332,24 +338,35 @@ def _worker_main(argv: list[str]) -> None:
 
 
 def _ensure_gradebook(db: Path) -> None:
-    """Create an empty gradebook at ``db`` if there is none, from a cached empty one.
+    """Create an empty gradebook at ``db`` if there is none.
 
-    Creating a gradebook runs nbgrader's alembic migrations (~3 s); an empty one is kept in the
-    temp directory per nbgrader version and copied instead."""
+    nbgrader's ``Gradebook`` stamps a new database with its alembic head by running the
+    ``alembic`` console script found on ``PATH`` -- which is not the virtualenv's when
+    ``.venv/bin/pruning-course`` runs from a shell that never activated it. So the head is read
+    here, in-process, from nbgrader's own migration scripts and the ``alembic_version`` table is
+    written first; ``Gradebook`` then sees an existing database and only creates its tables.
+    The file is built under a temporary name next to ``db`` and renamed into place, so a failure
+    leaves neither a half-made gradebook nor a stray temporary file."""
     if db.exists():
         return
-    from importlib.metadata import version
+    import sqlite3
 
+    from alembic.script import ScriptDirectory
     from nbgrader.api import Gradebook
+    from nbgrader.dbutil import ALEMBIC_DIR
 
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    template = Path(tempfile.gettempdir()) / f"pruning-course-empty-gradebook-{version('nbgrader')}-{uid}.db"
-    if not template.exists() or template.read_bytes()[:16] != b"SQLite format 3\x00":
-        fresh = template.with_name(f"{template.name}.{os.getpid()}.tmp")
-        Gradebook(f"sqlite:///{fresh}", COURSE_ID).close()
-        os.replace(fresh, template)
+    head = ScriptDirectory(ALEMBIC_DIR).get_current_head()
     db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, db)
+    fresh = db.with_name(f".{db.name}.{os.getpid()}.partial")
+    try:
+        with sqlite3.connect(fresh) as connection:
+            connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            connection.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (head,))
+        connection.close()
+        Gradebook(f"sqlite:///{fresh}", COURSE_ID).close()
+        os.replace(fresh, db)
+    finally:
+        fresh.unlink(missing_ok=True)
 
 
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
