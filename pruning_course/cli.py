@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import settings
+from .model_files import check_writable_dir, check_writable_file, save_model_dir, writing
 
 
 class UsageError(Exception):
@@ -55,13 +56,65 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"--{name} must be a positive integer, got {value}")
 
 
+def _check_device(name: str) -> str:
+    """``name`` if torch can run on that device here, else a :class:`UsageError` that says what to use."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device torch knows; use cpu, or cuda on a machine with a GPU") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: torch finds no CUDA GPU on this machine "
+                             f"(torch {torch.__version__}); run with --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: the Apple MPS backend is not available here; run with --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: only cpu, cuda and mps are supported")
+    return name
+
+
+def _check_outputs(args, save_dir: bool = False) -> None:
+    """Refuse unwritable ``--json``, ``--save`` and ``--plot`` targets before anything is loaded."""
+    if getattr(args, "json_out", None) is not None:
+        check_writable_file(args.json_out, "--json")
+    if getattr(args, "plot", None) is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if args.plot.suffix.lstrip(".").lower() not in formats:
+            raise UsageError(f"--plot {args.plot}: give a file name ending in a picture format "
+                             f"(.png, .pdf, .svg, ...), got {args.plot.suffix or 'no suffix'!r}")
+        check_writable_file(args.plot, "--plot")
+    if getattr(args, "save", None) is not None:
+        if save_dir:
+            check_writable_dir(args.save, "--save")
+        else:
+            check_writable_file(args.save, "--save")
+
+
+def _check_seqlen(model, seqlen: int, name: str) -> None:
+    from .models import context_length
+
+    limit = context_length(model)
+    if limit is not None and seqlen > limit:
+        raise UsageError(f"--seqlen {seqlen} is beyond the context of {name} ({limit} tokens); "
+                         f"use --seqlen {min(512, limit)} (the papers' windows are 2048 tokens or fewer)")
+
+
 def _load(args):
-    """The model named by ``--model``; a compressed file from ``quantize --save`` is decoded onto its base model."""
+    """The model named by ``--model``; a compressed file from ``quantize --save`` is decoded onto its base model.
+
+    Refuses a ``--seqlen`` longer than the model's context before any work is done with it."""
     import torch
 
     from .models import load_model
 
-    device = args.device or settings.default_device()
+    device = _check_device(args.device or settings.default_device())
     dtype = getattr(torch, args.dtype)
     if Path(args.model).is_file():
         from .quantize import load_compressed, read_metadata
@@ -73,6 +126,7 @@ def _load(args):
         loaded.model.to(device)
     else:
         loaded = load_model(args.model, dtype=dtype, device=device, progress=not args.quiet)
+    _check_seqlen(loaded.model, args.seqlen, args.model)
     return loaded, device
 
 
@@ -95,10 +149,8 @@ def _evaluate(model, adapter, test_ids, args, device) -> dict:
 def _write_json(path: Path | None, payload) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    with writing(path) as partial:
+        partial.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device, owl=None) -> dict:
@@ -154,6 +206,7 @@ def cmd_prune(args) -> int:
     check_method(args.method)
     resolve_target(args.sparsity, args.pattern)  # fail on bad input before loading anything
     _positive("calib-samples", args.calib_samples)
+    _check_outputs(args, save_dir=True)
     owl = None
     if args.owl:
         if args.pattern:
@@ -170,26 +223,28 @@ def cmd_prune(args) -> int:
     if args.eval:
         record.update(_evaluate(model, adapter, splits["test"], args, device))
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if args.save:
-        model.save_pretrained(args.save)
-        tokenizer.save_pretrained(args.save)
-        record["saved_to"] = str(args.save)
+    print(_format_table([record]), flush=True)  # the result is out before anything can fail to save
     _write_json(args.json_out, record)
-    print(_format_table([record]))
+    if args.save:
+        save_model_dir(model, tokenizer, args.save, progress=not args.quiet)
+        record["saved_to"] = str(args.save)
+        _write_json(args.json_out, record)
+        print(f"saved the pruned model to {args.save}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from .evaluate import peak_rss_mb, sparsity_report
 
+    _check_outputs(args)
     (model, tokenizer, adapter), device = _load(args)
     splits = _token_splits(tokenizer, args.dataset)
     record = {"model": args.model, "dataset": args.dataset, "sparsity": sparsity_report(model, adapter)["sparsity"]}
     record.update(_evaluate(model, adapter, splits["test"], args, device))
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    _write_json(args.json_out, record)
     print(f"{args.model}: perplexity {record['ppl']:.3f} on {args.dataset} test "
-          f"(seqlen {record['seqlen']}, {record['eval_tokens']:,} tokens), sparsity {record['sparsity']:.3f}")
+          f"(seqlen {record['seqlen']}, {record['eval_tokens']:,} tokens), sparsity {record['sparsity']:.3f}", flush=True)
+    _write_json(args.json_out, record)
     return 0
 
 
@@ -224,6 +279,7 @@ def cmd_quantize(args) -> int:
     _positive("calib-samples", args.calib_samples)
     if args.save and args.save.suffix != ".safetensors":
         raise UsageError(f"--save writes one compressed safetensors file: give a path ending in .safetensors, got {args.save}")
+    _check_outputs(args)
 
     (model, tokenizer, adapter), device = _load(args)
     if args.group_size is None:
@@ -252,14 +308,13 @@ def cmd_quantize(args) -> int:
     if args.eval:
         record.update(_evaluate(model, adapter, splits["test"], args, device))
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(_format_table([record]), flush=True)  # the result is out before anything can fail to save
+    _write_json(args.json_out, record)
     if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
         saved = save_compressed(model, adapter, args.save, quantized, storage=args.storage, model_name=args.model)
         record.update(saved_to=str(args.save), bytes_on_disk=saved["bytes"],
                       bits_per_linear_weight=saved["bits_per_linear_weight"])
-    _write_json(args.json_out, record)
-    print(_format_table([record]))
-    if args.save:
+        _write_json(args.json_out, record)
         print(f"saved {record['bytes_on_disk']:,} bytes to {args.save} "
               f"({record['bits_per_linear_weight']:.2f} bits per linear weight)")
     return 0
@@ -284,6 +339,7 @@ def cmd_compare(args) -> int:
     for pattern in patterns:
         parse_pattern(pattern)
     _positive("calib-samples", args.calib_samples)
+    _check_outputs(args)
 
     (model, tokenizer, adapter), device = _load(args)
     splits = _token_splits(tokenizer, args.dataset)
@@ -307,10 +363,10 @@ def cmd_compare(args) -> int:
         "model": args.model, "dataset": args.dataset, "seqlen": args.seqlen, "seed": args.seed,
         "calib_samples": args.calib_samples, "torch_threads": torch.get_num_threads(), "results": records,
     }
-    _write_json(args.json_out, summary)
     print(f"\n{args.model} on {args.dataset} (test perplexity at seqlen {args.seqlen}, "
           f"{records[0]['eval_tokens']:,} tokens; {args.calib_samples} calibration windows)")
-    print(_format_table(records))
+    print(_format_table(records), flush=True)
+    _write_json(args.json_out, summary)
     if args.plot:
         plot_comparison(records, args.plot, title=f"{args.model} on {args.dataset}")
         print(f"plot written to {args.plot}")
@@ -356,8 +412,8 @@ def plot_comparison(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with writing(path) as partial:
+        fig.savefig(partial, dpi=120, format=Path(path).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
 
 
@@ -467,9 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the input or the environment: one clear line and exit status 2, no traceback."""
     from .grading import GradingError
+    from .model_files import ModelFileError
     from .models import ModelUnavailableError
 
-    return UsageError, ValueError, FileNotFoundError, ConnectionError, GradingError, ModelUnavailableError
+    return UsageError, ModelFileError, ValueError, OSError, ConnectionError, GradingError, ModelUnavailableError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,11 +537,16 @@ def main(argv: list[str] | None = None) -> int:
             _positive(name.replace("_", "-"), getattr(args, name, None))
         except UsageError as error:
             parser.error(str(error))
+    settings.keep_torch_cache_out_of_tmp()
     try:
         return args.func(args)
     except _user_errors() as error:
         print(f"pruning-course {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\npruning-course {args.command}: interrupted; results already printed are kept, "
+              "and nothing half-written was left behind", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

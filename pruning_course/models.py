@@ -43,16 +43,15 @@ import sys
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
 from pruning_course.architectures import ArchitectureAdapter, adapter_for, tiny_model
+from pruning_course.model_files import check_model_dir, transformers_progress_bars
 from pruning_course.settings import cache_dir
 
 
@@ -143,7 +142,7 @@ def load_model(
     put in eval mode. ``progress=False`` silences the log lines and transformers' progress bars
     (see :func:`convert_gguf` for the one bar it cannot).
     """
-    with _transformers_progress_bars(progress):
+    with transformers_progress_bars(progress):
         model, tokenizer = _load(name_or_path, dtype, progress)
     model.to(device)
     model.eval()
@@ -189,7 +188,7 @@ def convert_gguf(gguf_path: Path, target: Path, *, progress: bool = True) -> Pat
     the GGUF reader, which transformers draws with plain tqdm.
     """
     gguf_path, target = Path(gguf_path), Path(target)
-    with _transformers_progress_bars(progress):
+    with transformers_progress_bars(progress):
         _log(progress, f"Dequantizing {gguf_path.name} to float32 (about 20 s for SmolLM2-135M)...")
         folder, name = gguf_path.parent, gguf_path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -198,6 +197,13 @@ def convert_gguf(gguf_path: Path, target: Path, *, progress: bool = True) -> Pat
         gap = _save_checked(reference.eval(), tokenizer, target)
     _log(progress, f"The converted model's logits match the GGUF model's (max gap {gap:.3g}).")
     return target
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The most tokens ``model`` was built to attend over (``max_position_embeddings``; GPT-2's
+    ``n_positions`` under transformers' alias), or None when its config does not say."""
+    value = getattr(model.config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def is_converted_model_dir(path: Path) -> bool:
@@ -220,13 +226,28 @@ def _load(name_or_path: str, dtype: torch.dtype, progress: bool):
         return _load_embedded(name_or_path, spec, dtype, progress)
     local = Path(name_or_path).expanduser()
     if local.is_dir():
+        check_model_dir(local)
         return _from_pretrained(local, dtype)
+    if _looks_like_a_path(name_or_path):
+        raise ValueError(f"no such model folder: {local} does not exist (a local path, so the Hub was not asked); "
+                         "check the path, or pass a short name such as smollm2-135m")
     if _HUB_ID.fullmatch(name_or_path):
         return _from_hub(name_or_path, dtype)
     raise ValueError(
         f"unknown model {name_or_path!r}: not a known short name ({', '.join(KNOWN_MODELS)}), "
         "not an existing local directory and not a Hugging Face Hub id of the form 'org/name'."
     )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """True when ``name`` can only be meant as a local path: it starts with ``.``, ``/`` or ``~``,
+    ends with a slash or a file suffix, or its first folder exists here (``runs/pruned`` with a
+    ``runs/`` folder present). Such a name is never tried as a Hub id, which costs a minute of
+    retries offline."""
+    first = name.split("/", 1)[0]
+    return (name.startswith((".", "/", "~")) or name.endswith("/") or os.sep in name and os.sep != "/"
+            or Path(name).suffix in {".safetensors", ".bin", ".gguf", ".json", ".pt"}
+            or ("/" in name and Path(first).is_dir()))
 
 
 def _load_embedded(name: str, spec: EmbeddedModel, dtype: torch.dtype, progress: bool):
@@ -415,16 +436,3 @@ def _log(enabled: bool, message: str) -> None:
     """One progress line on stderr."""
     if enabled:
         print(f"[pruning_course] {message}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def _transformers_progress_bars(enabled: bool):
-    """Silence transformers' (and the Hub's) progress bars for the block unless ``enabled``."""
-    if enabled or not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()

@@ -99,3 +99,15 @@ def test_a_failed_validate_leaves_nothing_in_the_temp_dir(bare, tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert left == [], f"a failed validate left {left} in the temp dir"
 
+
+def test_prune_and_eval_on_a_tiny_model_leave_nothing_in_the_temp_dir(bare, tmp_path):
+    run = bare["run"]
+    saved, out = tmp_path / "pruned", tmp_path / "out.json"
+    tiny = ["--model", "tiny-llama", "--seqlen", "32", "--max-eval-windows", "2", "--quiet"]
+    result, left = run("prune", "--method", "magnitude", "--sparsity", "0.5", "--save", str(saved), *tiny)
+    assert result.returncode == 0, result.stderr
+    assert left == [], f"prune left {left} in the temp dir"
+    result, left = run("eval", "--model", str(saved), "--json", str(out), *tiny[2:])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert left == [], f"eval left {left} in the temp dir"

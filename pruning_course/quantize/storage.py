@@ -53,6 +53,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..architectures import ArchitectureAdapter, adapter_for, weight_matrix
 from ..masks import parse_pattern
+from ..model_files import check_safetensors, writing
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
 from .model import QuantizedWeight
 from .packing import pack_int, pack_mask, unpack_int, unpack_mask
@@ -262,10 +263,8 @@ def save_compressed(
         "layers": layers,
         "aliases": aliases,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
-    tmp.replace(path)
+    with writing(path) as partial:  # an interrupted save leaves no file under ``path``'s name
+        save_file(tensors, partial, metadata={METADATA_KEY: json.dumps(metadata)})
 
     size = os.path.getsize(path)
     linear_params = sum(math.prod(meta["shape"]) for meta in layers.values())
@@ -311,6 +310,7 @@ def read_metadata(path: str | Path) -> dict:
     """The metadata :func:`save_compressed` wrote (config, per-layer storage, aliases)."""
     from safetensors import safe_open
 
+    check_safetensors(path)
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get(METADATA_KEY)
     if raw is None:
