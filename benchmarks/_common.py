@@ -28,9 +28,23 @@ def protocol_parser(doc: str | None, *, max_eval_windows: int | None = None) -> 
     return parser
 
 
+# Packages whose versions can move a recorded number; constraints.txt pins them (and the rest).
+NUMERIC_PACKAGES = ("transformers", "tokenizers", "numpy", "gensim", "safetensors", "gguf", "datasets")
+
+
 def machine() -> dict:
-    """Where the numbers were measured: CPU, core count, torch version and the threads torch uses now."""
+    """Where the numbers were measured: CPU, core count, Python, torch and the threads torch uses
+    now, and the versions of the other packages a number depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     return {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "versions": {name: installed(name) for name in NUMERIC_PACKAGES}}

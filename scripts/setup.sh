@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Create (or update) the project's virtual environment in .venv and install the course into it.
+# Create (or update) the project's virtual environment in .venv and install the course into it,
+# at the exact versions in constraints.txt (the ones the course's recorded numbers were made with),
+# so that every machine of a class gets the same numbers.
+#
+#   bash scripts/setup.sh                              # pinned (what CI and the README use)
+#   PRUNING_COURSE_UNPINNED=1 bash scripts/setup.sh    # the newest versions pyproject.toml allows
+#   PRUNING_COURSE_UNPINNED=1 TORCH_SPEC='torch==2.9.1' bash scripts/setup.sh   # another torch
+#
 # torch is installed first at an exact version: on the course machines `torch==2.13.0` is a CPU
 # build found on local disk, while a looser requirement would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+PINS=(-c constraints.txt)
+if [ "${PRUNING_COURSE_UNPINNED:-0}" = 1 ]; then
+  PINS=()
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "$TORCH_SPEC"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q "$TORCH_SPEC" "${PINS[@]}"
+.venv/bin/python -m pip install -q -e ".[test]" "${PINS[@]}"
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-echo "environment ready: $(pwd)/.venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+echo "environment ready: $(pwd)/.venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'); ${PINS[*]:-unpinned})"
