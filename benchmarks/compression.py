@@ -53,7 +53,7 @@ def run_row(name: str, prune, bits, args, data, path: Path, distill_steps: int, 
     from pruning_course.distill import distill
     from pruning_course.evaluate import perplexity
     from pruning_course.models import load_model
-    from pruning_course.pruning import prune_model
+    from pruning_course.methods import prune_model
     from pruning_course.quantize import load_compressed, measure_inference_memory, quantize_model, save_compressed
 
     start = time.perf_counter()

@@ -51,7 +51,7 @@ def main() -> None:
     from pruning_course.evaluate import peak_rss_mb, perplexity, sparsity_report
     from pruning_course.masks import resolve_target
     from pruning_course.models import load_model
-    from pruning_course.pruning import prune_model
+    from pruning_course.methods import prune_model
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -64,7 +64,7 @@ def wall_ms(fn, warmup: int, iters: int) -> float:
 @torch.no_grad()
 def model_benchmark(dtype, new_tokens: int) -> dict:
     from pruning_course.architectures import adapter_for
-    from pruning_course.pruning import prune_model
+    from pruning_course.methods import prune_model
 
     dense = smollm2_shaped_model(dtype)
     adapter = adapter_for(dense)

@@ -38,7 +38,7 @@ def main() -> None:
     from pruning_course.data import calibration_windows, load_token_splits
     from pruning_course.evaluate import perplexity, sparsity_report
     from pruning_course.models import load_model
-    from pruning_course.pruning import prune_model
+    from pruning_course.methods import prune_model
     from pruning_course.unstructured.owl import owl_outlier_ratios, owl_sparsities
 
     model, tokenizer, adapter = load_model(args.model, progress=False)

@@ -162,7 +162,7 @@ def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device
     """
     from .evaluate import reset_peak_rss, sparsity_report
     from .masks import resolve_target
-    from .pruning import prune_model
+    from .methods import needs_calibration, prune_model
     from .unstructured import prune_owl
 
     target, nm = resolve_target(sparsity, pattern)
@@ -181,7 +181,7 @@ def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device
         "pattern": "dense" if method == "dense" else (f"{nm[0]}:{nm[1]}" if nm else "unstructured"),
         "target_sparsity": 0.0 if method == "dense" else target,
         "sparsity": sparsity_report(model, adapter)["sparsity"],
-        "calib_samples": len(windows) if windows is not None and method in ("wanda", "sparsegpt") else 0,
+        "calib_samples": len(windows) if windows is not None and method != "dense" and needs_calibration(method) else 0,
         "prune_seconds": round(prune_seconds, 3),
     }
     if owl_result is not None:
@@ -199,7 +199,7 @@ def cmd_prune(args) -> int:
     from .data import calibration_windows
     from .evaluate import peak_rss_mb
     from .masks import resolve_target
-    from .pruning import check_method, needs_calibration
+    from .methods import check_method, needs_calibration
 
     from .unstructured.owl import owl_sparsities
 
@@ -261,7 +261,7 @@ def cmd_quantize(args) -> int:
     from .data import calibration_windows
     from .evaluate import peak_rss_mb, sparsity_report
     from .masks import resolve_target
-    from .pruning import check_method, check_pattern_fits, needs_calibration, prune_model
+    from .methods import check_method, check_pattern_fits, needs_calibration, prune_model
     from .quantize import check_group_fits, quantize_model, save_compressed
     from .quantize.rtn import check_bits
 
@@ -320,7 +320,7 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-COMPARE_METHODS = ("magnitude", "wanda", "sparsegpt")
+COMPARE_METHODS = ("magnitude", "wanda", "sparsegpt")  # the headline table's default; --methods takes any registered one
 COMPARE_PATTERNS = ("unstructured", "2:4")
 
 
@@ -331,11 +331,13 @@ def cmd_compare(args) -> int:
     from .evaluate import peak_rss_mb
     from .masks import parse_pattern
 
+    from .methods import REGISTRY
+
     methods = args.methods.split(",")
     patterns = args.patterns.split(",")
     for method in methods:
-        if method not in COMPARE_METHODS:
-            raise UsageError(f"unknown method {method!r} in --methods; choose from {', '.join(COMPARE_METHODS)}")
+        if method not in REGISTRY:
+            raise UsageError(f"unknown method {method!r} in --methods; choose from {', '.join(REGISTRY)}")
     for pattern in patterns:
         parse_pattern(pattern)
     _positive("calib-samples", args.calib_samples)

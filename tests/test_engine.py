@@ -10,7 +10,7 @@ from pruning_course.architectures import adapter_for, tiny_model, weight_matrix
 from pruning_course.calibration import InputHessian, SquaredInputNorm, capture_block_inputs, run_blockwise
 from pruning_course.evaluate import perplexity, sparsity_report
 from pruning_course.masks import apply_mask, is_nm_sparse, num_to_prune, per_matrix_mask
-from pruning_course.pruning import prune_model
+from pruning_course.methods import prune_model
 
 
 def stats_from_full_forward(model, adapter, windows):

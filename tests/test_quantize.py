@@ -9,7 +9,7 @@ import torch
 
 from pruning_course.architectures import adapter_for, tiny_model, weight_matrix
 from pruning_course.masks import is_nm_sparse, nm_mask
-from pruning_course.pruning import prune_model
+from pruning_course.methods import prune_model
 from pruning_course.quantize import (
     decode_weight,
     dequantize,

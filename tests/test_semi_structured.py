@@ -190,7 +190,7 @@ def test_semi_structured_linear_matches_dense(dtype, bias):
 
 @needs_sparse_cores
 def test_sparsify_tiny_model_on_cuda():
-    from pruning_course.pruning import prune_model
+    from pruning_course.methods import prune_model
 
     model, tokenizer = tiny_model("llama")
     adapter = adapter_for(model)

@@ -9,7 +9,7 @@ from dense_stats import squared_input_sums
 from pruning_course.architectures import set_weight_matrix, weight_matrix
 from pruning_course.evaluate import perplexity
 from pruning_course.masks import num_to_prune
-from pruning_course.pruning import prune_model
+from pruning_course.methods import prune_model
 from pruning_course.schedules import block_sparsities, linear_schedule
 from pruning_course.structured.sensitivity import (
     LayerSensitivity,

@@ -100,7 +100,7 @@ def quantize_model(
 
     ``method``: ``"rtn"`` (no data) or ``"gptq"`` (needs ``windows``, an ``(n, seqlen)`` tensor of
     calibration token ids). Joint sparse + quantized: weights outside ``masks[name]`` (keep-masks,
-    e.g. from :func:`pruning_course.pruning.prune_model`) end exactly zero; without a mask for a
+    e.g. from :func:`pruning_course.methods.prune_model`) end exactly zero; without a mask for a
     layer, ``keep_zeros`` treats its exact zeros as pruned (so a pruned model stays pruned).
     """
     if method not in METHODS:

@@ -32,11 +32,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
-from ..calibration import InputHessian, SquaredInputNorm, run_blockwise
+from ..calibration import run_blockwise
 from ..evaluate import perplexity
 from ..masks import validate_sparsity
 from ..schedules import block_parameter_counts, linear_schedule, schedule_sparsity
-from ..unstructured import magnitude_mask, sparsegpt_prune, wanda_mask
+from ..methods import get_method
 
 __all__ = [
     "LayerSensitivity",
@@ -47,7 +47,6 @@ __all__ = [
     "schedule_sparsity",
 ]
 
-SENSITIVITY_METHODS = ("magnitude", "wanda", "sparsegpt")
 UNITS = ("block", "linear")
 
 
@@ -96,30 +95,25 @@ def pruned_weights(
     statistics of block ``l`` come from the *dense* blocks before it (each unit is pruned alone).
     ``scope`` is magnitude's comparison group ("matrix", the papers' baseline, or "row").
     """
-    if method not in SENSITIVITY_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(SENSITIVITY_METHODS)}")
+    spec = get_method(method, purpose="sensitivity analysis")
     sparsity = validate_sparsity(sparsity)
-    if method == "magnitude":
-        return {
-            name: (weight_matrix(m) * magnitude_mask(weight_matrix(m), sparsity, scope=scope)).cpu()
-            for name, m in adapter.named_linears(model).items()
-        }
+    options = {"scope": scope} if "scope" in spec.options else {}
+
+    def pruned(linear: nn.Module, statistic) -> torch.Tensor:
+        return spec.pruned_layer(weight_matrix(linear), statistic, sparsity, None, **options)[0].cpu()
+
+    if not spec.needs_data:
+        return {name: pruned(m, None) for name, m in adapter.named_linears(model).items()}
     if windows is None:
         raise ValueError(f"{method} is calibrated: pass calibration windows (data.calibration_windows)")
     result: dict[str, torch.Tensor] = {}
 
     def on_block(index: int, block: nn.Module, stats) -> None:  # computes, changes nothing: the next block sees dense outputs
         for name, linear in adapter.linears(block).items():
-            weight = weight_matrix(linear)
-            if method == "wanda":
-                new = weight * wanda_mask(weight, stats[name].value, sparsity)
-            else:
-                new, _ = sparsegpt_prune(weight, stats[name].value, sparsity)
-            result[f"{adapter.blocks_path}.{index}.{name}"] = new.cpu()
+            result[f"{adapter.blocks_path}.{index}.{name}"] = pruned(linear, stats[name])
 
-    statistic = SquaredInputNorm if method == "wanda" else InputHessian
     run_blockwise(
-        model, adapter, windows, on_block, statistic=statistic,
+        model, adapter, windows, on_block, statistic=spec.statistic,
         batch_size=batch_size, device=device, progress=progress, description=f"{method} (sensitivity)",
     )
     return result

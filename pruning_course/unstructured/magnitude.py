@@ -13,6 +13,7 @@ from torch import nn
 
 from ..architectures import ArchitectureAdapter, weight_matrix
 from ..masks import apply_mask, attach_torch_prune_mask, global_masks, keep_mask, resolve_target
+from ..oneshot import OneShotMethod
 from ..schedules import BlockSparsity, block_sparsities, is_uniform
 
 SCOPES = ("matrix", "row", "global")
@@ -48,10 +49,31 @@ def magnitude_masks(
     if scope == "global":
         raise ValueError("an N:M pattern is local to each group of M weights: use scope 'matrix' or 'row' with it")
     return {
-        f"{adapter.blocks_path}.{index}.{name}": keep_mask(weight_matrix(m).abs(), targets[index], nm, scope=scope)
+        f"{adapter.blocks_path}.{index}.{name}": magnitude_mask(weight_matrix(m), targets[index], nm, scope)
         for index, block in enumerate(blocks)
         for name, m in adapter.linears(block).items()
     }
+
+
+def magnitude_prune_layer(weight: torch.Tensor, _statistic, sparsity: float, nm=None, *, scope: str = "matrix"):
+    """Magnitude's per-layer step: ``(weight * mask, mask)``; it needs no statistic."""
+    mask = magnitude_mask(weight, sparsity, nm, scope)
+    return weight * mask, mask
+
+
+class MagnitudeMethod(OneShotMethod):
+    """Magnitude in the registry. Its ``prune`` is :func:`prune_magnitude`: the ``"global"`` scope
+    ranks every layer of the model at once, which no per-layer step can do, and the masks can
+    also be attached through ``torch.nn.utils.prune``."""
+
+    def prune(self, model, adapter, sparsity=0.5, pattern=None, windows=None, *, batch_size=8, device=None,
+              progress=True, **options):
+        self.check_options(options)
+        return prune_magnitude(model, adapter, sparsity, pattern, **options)
+
+
+MAGNITUDE = MagnitudeMethod("magnitude", None, magnitude_prune_layer, options=("scope", "use_torch_prune"),
+                            citation="Han et al., NeurIPS 2015")
 
 
 @torch.no_grad()

@@ -39,11 +39,7 @@ from ..architectures import ArchitectureAdapter, weight_matrix
 from ..calibration import SquaredInputNorm, run_blockwise
 from ..masks import validate_sparsity
 from ..schedules import linear_schedule
-from .magnitude import prune_magnitude
-from .sparsegpt import prune_sparsegpt
-from .wanda import prune_wanda, wanda_scores
-
-OWL_METHODS = ("wanda", "sparsegpt", "magnitude")
+from .wanda import wanda_scores
 
 
 def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], M: float = 5.0) -> float:
@@ -134,15 +130,17 @@ def prune_owl(
     progress: bool = True,
     **options,
 ) -> OwlResult:
-    """Prune ``model`` in place with ``method`` at OWL's per-block sparsities (mean ``sparsity``).
+    """Prune ``model`` in place with ``method`` (any registered one-shot method) at OWL's per-block
+    sparsities (mean ``sparsity``).
 
     ``ratios`` reuses outlier ratios already measured with :func:`owl_outlier_ratios` on this
     dense model (they do not depend on the method); otherwise they are measured first.
     ``options`` go to the method's driver (``blocksize``, ``percdamp`` for SparseGPT, ``scope``
     for magnitude). Unstructured only: OWL's N:M variant (a per-block N) is not implemented.
     """
-    if method not in OWL_METHODS:
-        raise ValueError(f"unknown method {method!r} for OWL; choose one of: {', '.join(OWL_METHODS)}")
+    from ..methods import get_method  # the registry imports this package's methods: import it when called
+
+    spec = get_method(method, purpose="OWL")
     num_blocks = len(adapter.blocks(model))
     if ratios is None:
         ratios = owl_outlier_ratios(model, adapter, windows, M, batch_size=batch_size, device=device, progress=progress)
@@ -150,10 +148,6 @@ def prune_owl(
     if ratios.numel() != num_blocks:
         raise ValueError(f"got {ratios.numel()} outlier ratios for a model with {num_blocks} decoder blocks")
     sparsities = owl_sparsities(ratios, sparsity, lam)
-    schedule = sparsities.tolist()
-    if method == "magnitude":
-        masks = prune_magnitude(model, adapter, schedule, **options)
-    else:
-        driver = prune_wanda if method == "wanda" else prune_sparsegpt
-        masks = driver(model, adapter, windows, schedule, batch_size=batch_size, device=device, progress=progress, **options)
+    masks = spec.prune(model, adapter, sparsities.tolist(), None, windows, batch_size=batch_size, device=device,
+                       progress=progress, **options)
     return OwlResult(masks=masks, outlier_ratios=ratios, sparsities=sparsities)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
-from ..calibration import InputHessian, run_blockwise
+from ..architectures import ArchitectureAdapter
+from ..calibration import InputHessian
 from ..masks import nm_mask, per_matrix_mask, resolve_target
-from ..schedules import BlockSparsity, block_sparsities
+from ..oneshot import OneShotMethod
+from ..schedules import BlockSparsity
 
 
 def obs_saliency(w: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
@@ -124,6 +125,10 @@ def sparsegpt_prune(
     return W.to(weight.dtype), mask
 
 
+SPARSEGPT = OneShotMethod("sparsegpt", InputHessian, sparsegpt_prune, options=("blocksize", "percdamp"),
+                          citation="Frantar & Alistarh, ICML 2023")
+
+
 def prune_sparsegpt(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -142,19 +147,5 @@ def prune_sparsegpt(
     ``sparsity`` is one float, or one per decoder block (a sequence or a callable of the block
     index, see :mod:`pruning_course.schedules`), e.g. OWL's non-uniform schedule.
     """
-    targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
-    masks: dict[str, torch.Tensor] = {}
-
-    def on_block(index: int, block: nn.Module, stats: dict[str, InputHessian]) -> None:
-        for name, linear in adapter.linears(block).items():
-            new_weight, mask = sparsegpt_prune(
-                weight_matrix(linear), stats[name].value, targets[index], nm, blocksize=blocksize, percdamp=percdamp
-            )
-            set_weight_matrix(linear, new_weight)
-            masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()
-
-    run_blockwise(
-        model, adapter, windows, on_block, statistic=InputHessian,
-        batch_size=batch_size, device=device, progress=progress, description="sparsegpt",
-    )
-    return masks
+    return SPARSEGPT.prune(model, adapter, sparsity, pattern, windows, blocksize=blocksize, percdamp=percdamp,
+                           batch_size=batch_size, device=device, progress=progress)

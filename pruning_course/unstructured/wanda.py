@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, weight_matrix
-from ..calibration import SquaredInputNorm, run_blockwise
-from ..masks import apply_mask, keep_mask, resolve_target
-from ..schedules import BlockSparsity, block_sparsities
+from ..architectures import ArchitectureAdapter
+from ..calibration import SquaredInputNorm
+from ..masks import keep_mask, resolve_target
+from ..oneshot import OneShotMethod
+from ..schedules import BlockSparsity
 
 
 def wanda_scores(weight: torch.Tensor, act_sq_norm: torch.Tensor) -> torch.Tensor:
@@ -38,6 +39,16 @@ def wanda_mask(weight: torch.Tensor, act_sq_norm: torch.Tensor, sparsity: float 
     return keep_mask(wanda_scores(weight, act_sq_norm), sparsity, nm, scope="row")
 
 
+def wanda_prune_layer(weight: torch.Tensor, act_sq_norm: torch.Tensor, sparsity: float, nm=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wanda's per-layer step: ``(weight * mask, mask)`` with the per-row (or N:M) mask of Eq. 1.
+    No weight update: the kept weights are unchanged."""
+    mask = keep_mask(wanda_scores(weight, act_sq_norm), sparsity, nm, scope="row")
+    return weight * mask, mask
+
+
+WANDA = OneShotMethod("wanda", SquaredInputNorm, wanda_prune_layer, citation="Sun et al., ICLR 2024")
+
+
 def prune_wanda(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -54,17 +65,4 @@ def prune_wanda(
     ``sparsity`` is one float, or one per decoder block (a sequence or a callable of the block
     index, see :mod:`pruning_course.schedules`), e.g. OWL's non-uniform schedule.
     """
-    targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
-    masks: dict[str, torch.Tensor] = {}
-
-    def on_block(index: int, block: nn.Module, stats: dict[str, SquaredInputNorm]) -> None:
-        for name, linear in adapter.linears(block).items():
-            mask = keep_mask(wanda_scores(weight_matrix(linear), stats[name].value), targets[index], nm, scope="row")
-            apply_mask(linear, mask)
-            masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()
-
-    run_blockwise(
-        model, adapter, windows, on_block, statistic=SquaredInputNorm,
-        batch_size=batch_size, device=device, progress=progress, description="wanda",
-    )
-    return masks
+    return WANDA.prune(model, adapter, sparsity, pattern, windows, batch_size=batch_size, device=device, progress=progress)

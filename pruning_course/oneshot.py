@@ -1,0 +1,103 @@
+"""What a one-shot pruning method is, and the one driver that applies any of them to a model.
+
+A method supplies only two things (as in llm-compressor's modifiers, and the Wanda/SparseGPT
+reference code's ``prune_*`` loops, which differ only there):
+
+* ``statistic``: what the calibration engine accumulates over the calibration tokens for each
+  linear layer (:class:`~pruning_course.calibration.SquaredInputNorm` for Wanda,
+  :class:`~pruning_course.calibration.InputHessian` for SparseGPT), or ``None`` for a method
+  that needs no data (magnitude);
+* ``prune_layer(weight, statistic, sparsity, nm, **options) -> (pruned_weight, keep_mask)``: the
+  paper's per-layer step on one ``(out, in)`` matrix, a pure tensor function.
+
+:meth:`OneShotMethod.prune` is the driver: block by block (:func:`~pruning_course.calibration.run_blockwise`,
+so each block is calibrated on the outputs of the already pruned blocks before it, as in both
+papers), every prunable linear gets its block's sparsity and its pruned weight. Adding a method
+is one :class:`OneShotMethod` and one entry in :data:`pruning_course.methods.REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
+from .calibration import InputStatistic, run_blockwise
+from .schedules import BlockSparsity, block_sparsities
+
+# (weight (out, in), statistic value or None, sparsity or None, (n, m) or None, **options) -> (pruned weight, keep-mask)
+LayerStep = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class OneShotMethod:
+    """A one-shot pruning method: its calibration statistic and its per-layer step.
+
+    ``options`` names the keyword options ``prune_layer`` accepts (SparseGPT's ``blocksize`` and
+    ``percdamp``); ``citation`` is shown in listings and errors."""
+
+    name: str
+    statistic: type[InputStatistic] | None
+    prune_layer: LayerStep
+    options: tuple[str, ...] = ()
+    citation: str = ""
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def needs_data(self) -> bool:
+        return self.statistic is not None
+
+    def check_options(self, options: dict) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            accepted = ", ".join(self.options) or "none"
+            raise ValueError(f"{self.name} takes no option {', '.join(map(repr, unknown))} (its options: {accepted})")
+
+    def pruned_layer(self, weight: torch.Tensor, statistic: InputStatistic | None, sparsity, nm, **options):
+        """``prune_layer`` on one matrix, given the accumulated statistic object (or None)."""
+        return self.prune_layer(weight, None if statistic is None else statistic.value, sparsity, nm, **options)
+
+    @torch.no_grad()
+    def prune(
+        self,
+        model: nn.Module,
+        adapter: ArchitectureAdapter,
+        sparsity: BlockSparsity = 0.5,
+        pattern=None,
+        windows: torch.Tensor | None = None,
+        *,
+        batch_size: int = 8,
+        device=None,
+        progress: bool = True,
+        **options,
+    ) -> dict[str, torch.Tensor]:
+        """Prune every prunable linear of ``model`` in place; return the keep-masks by full linear name.
+
+        ``sparsity`` is one float, or one per decoder block (a sequence or a callable of the block
+        index, see :mod:`pruning_course.schedules`), e.g. OWL's non-uniform schedule; ``pattern``
+        an N:M pattern such as ``"2:4"``. A calibrated method needs ``windows``, an ``(n, seqlen)``
+        tensor of token ids (:func:`pruning_course.data.calibration_windows`); a data-free one
+        ignores ``windows``, ``batch_size`` and ``device``."""
+        self.check_options(options)
+        options = {**self.defaults, **options}
+        targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
+        masks: dict[str, torch.Tensor] = {}
+
+        def prune_block(index: int, block: nn.Module, stats: dict[str, InputStatistic]) -> None:
+            for name, linear in adapter.linears(block).items():
+                pruned, mask = self.pruned_layer(weight_matrix(linear), stats.get(name), targets[index], nm, **options)
+                set_weight_matrix(linear, pruned)
+                masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()
+
+        if not self.needs_data:
+            for index, block in enumerate(adapter.blocks(model)):
+                prune_block(index, block, {})
+            return masks
+        if windows is None:
+            raise ValueError(f"{self.name} is calibrated: pass calibration windows (data.calibration_windows)")
+        run_blockwise(model, adapter, windows, prune_block, statistic=self.statistic,
+                      batch_size=batch_size, device=device, progress=progress, description=self.name)
+        return masks
