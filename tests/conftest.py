@@ -7,7 +7,7 @@ from pathlib import Path
 # Each test session runs in an empty temp dir of its own (set before torch or nbgrader can look),
 # so no test passes on something an earlier run left in /tmp; at the end the dir must hold
 # nothing but pytest's own folders (see pytest_sessionfinish).
-SESSION_TMP = Path(tempfile.mkdtemp(prefix="pruning-course-tests-"))
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="pc-tests-"))  # a short path: AF_UNIX sockets go inside it
 os.environ["TMPDIR"] = str(SESSION_TMP)
 tempfile.tempdir = None  # recomputed from TMPDIR
 TORCH_CACHE = "torchinductor-cache"  # torch makes its compile cache folder as soon as a model is built

@@ -33,18 +33,24 @@ def bare(tmp_path_factory):
     if not SCRIPT.is_file():
         pytest.skip(f"the console script is not installed next to {sys.executable}")
     root = tmp_path_factory.mktemp("bare")
-    tmpdir, cache, home = root / "tmp", root / "cache", root / "home"
+    # a temp dir with a long path, as on macOS (/var/folders/...): kernels that use multiprocessing
+    # put AF_UNIX sockets in theirs, and a socket path over 108 bytes fails
+    tmpdir, cache, home = root / "tmp" / ("long-temp-dir-" + "x" * 40), root / "cache", root / "home"
     for d in (tmpdir, cache, home):
-        d.mkdir()
+        d.mkdir(parents=True)
     system_path = os.pathsep.join(p for p in ("/usr/local/bin", "/usr/bin", "/bin") if Path(p).is_dir())
     venv_bin = str(Path(sys.executable).parent)
     assert venv_bin not in system_path.split(os.pathsep)
     env = {"PATH": system_path, "TMPDIR": str(tmpdir), "PRUNING_COURSE_CACHE": str(cache), "HOME": str(home),
            "LANG": "C.UTF-8"}
 
+    def scratch_dirs():
+        return set(Path("/tmp").glob("pcg-*")) if Path("/tmp").is_dir() else set()
+
     def run(*argv, cwd=root):
+        before = scratch_dirs()
         result = subprocess.run([str(SCRIPT), *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        left = sorted(p.name for p in tmpdir.iterdir())
+        left = sorted(p.name for p in tmpdir.iterdir()) + sorted(str(p) for p in scratch_dirs() - before)
         for p in tmpdir.iterdir():  # the next command starts from an empty temp dir again
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         return result, left
@@ -67,7 +73,11 @@ def test_generate_validate_and_grade_without_a_venv_on_path(bare):
 
     submissions = root / "submissions"
     (submissions / "alice").mkdir(parents=True)
-    shutil.copy(SOLUTIONS / A / f"{NB}.ipynb", submissions / "alice" / f"{NB}.ipynb")
+    solution = json.loads((SOLUTIONS / A / f"{NB}.ipynb").read_text())
+    first = next(c for c in solution["cells"] if c.get("metadata", {}).get("nbgrader", {}).get("solution"))
+    first["source"] = ("import multiprocessing\nmanager = multiprocessing.Manager()  # a listening socket in TMPDIR\n"
+                       "manager.shutdown()\n" + "".join(first["source"]))
+    (submissions / "alice" / f"{NB}.ipynb").write_text(json.dumps(solution))
     (submissions / "bob").mkdir()
     shutil.copy(notebooks / A / f"{NB}.ipynb", submissions / "bob" / f"{NB}.ipynb")
     (submissions / f"dave_{NB}.ipynb").write_text("{ not a notebook")

@@ -78,7 +78,7 @@ class _Course:
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": False},
         }, indent=1))
-        for d in ("jupyter_config", "jupyter_runtime", "ipython", "scratch"):
+        for d in ("jupyter_config", "jupyter_runtime", "ipython"):
             (self.tmp / d).mkdir()
         # only this package goes on the kernels' path, never the repository root
         pypath = self.tmp / "pythonpath"
@@ -89,7 +89,7 @@ class _Course:
         except OSError:
             shutil.copytree(package, pypath / package.name, ignore=shutil.ignore_patterns("__pycache__"))
         self.pythonpath = pypath
-        self.scratch = self.tmp / "scratch"
+        self.scratch = _short_temp_dir("pcg-")
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -231,12 +231,26 @@ class _Course:
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> "_Course":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _short_temp_dir(prefix: str) -> Path:
+    """A new private folder for the kernels' temp files, with a short path.
+
+    multiprocessing (datasets' ``num_proc``, used by notebook 12) puts AF_UNIX sockets in the
+    temp dir, two folders deep, and a socket path longer than 108 bytes fails with a bare
+    ``EOFError``. So the folder goes in the temp dir when its path is short, else in ``/tmp``;
+    :meth:`_Course.close` removes it either way."""
+    base = tempfile.gettempdir()
+    if len(base) > 40 and os.name == "posix" and os.path.isdir("/tmp") and os.access("/tmp", os.W_OK):
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
