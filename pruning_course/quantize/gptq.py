@@ -7,9 +7,11 @@ optimal-brain-quantization update (Eq. 2-3, ``[H^-1]`` restricted to those colum
 
     err = (w - quant(w)) / [H^-1]_ii,        W[:, i:] -= err * [H^-1]_{i, i:}
 
-exactly SparseGPT's update with "round" in place of "set to zero". The machinery is shared with
-:mod:`pruning_course.unstructured.sparsegpt`: the upper Cholesky factor of the dampened ``H^-1``
-(Sec. 4, step 3), dead input columns zeroed, and lazy batch updates of later blocks (step 2).
+exactly SparseGPT's update with "round" in place of "set to zero". So it is one loop:
+:func:`~pruning_course.unstructured.sparsegpt.obs_column_sweep` with GPTQ's :class:`QuantizeColumns`
+rule in place of SparseGPT's, sharing the upper Cholesky factor of the dampened ``H^-1`` (Sec. 4,
+step 3), dead input columns zeroed, and lazy batch updates of later blocks (step 2), as the
+reference SparseGPT code runs both in one ``fasterprune``.
 
 With groups, a group's grid (scale and zero point) is computed from the *current, already updated*
 weights when the group's first column is reached, as in the reference code; it is not known in
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..unstructured.sparsegpt import inverse_hessian_factor
+from ..unstructured.sparsegpt import ColumnRule, obs_column_sweep
 from .rtn import check_bits, check_group_size, minmax_grid, quantize_to_grid
 
 
@@ -56,40 +58,31 @@ def gptq_quantize(
     if blocksize < 1:
         raise ValueError(f"blocksize must be a positive integer, got {blocksize}")
 
-    # As in SparseGPT: work on W^T, (in, out), so that column i of W is the contiguous row i.
-    Wt = weight.detach().t().float().contiguous()
-    H_inv, dead = inverse_hessian_factor(hessian.to(Wt.device), percdamp)
-    Wt[dead] = 0
-    keep_t = None if mask is None else mask.t().to(Wt.device)
-    codes_t = torch.empty(cols, rows, dtype=torch.uint8, device=Wt.device)
-    scales = torch.empty(rows, cols // g, device=Wt.device)
-    zeros = torch.empty(rows, cols // g, dtype=torch.uint8, device=Wt.device)
+    keep_t = None if mask is None else mask.t().to(weight.device)
+    rule = QuantizeColumns(rows, cols, g, bits, sym, keep_t, weight.device)
+    obs_column_sweep(weight, hessian, rule, blocksize=blocksize, percdamp=percdamp)
+    return rule.codes_t.t().contiguous(), rule.scales, rule.zeros
 
-    for start in range(0, cols, blocksize):
-        end = min(start + blocksize, cols)
-        W_block = Wt[start:end].clone()
-        H_inv_block = H_inv[start:end, start:end]
-        d = torch.diag(H_inv_block)
-        err_block = torch.zeros_like(W_block)
 
-        for i in range(end - start):
-            col = start + i
-            if col % g == 0:  # a new group: its grid from the weights as updated so far
-                group = torch.cat([W_block[i : i + g], Wt[end : col + g]])  # (g, rows)
-                if keep_t is not None:
-                    group = group * keep_t[col : col + g]
-                scale, zero = minmax_grid(group.t(), bits, sym)
-                scales[:, col // g], zeros[:, col // g] = scale, zero
-            w = W_block[i]
-            code = quantize_to_grid(w if keep_t is None else w * keep_t[col], scale, zero, bits)
-            q = (code - zero.float()) * scale
-            err = (w - q) / d[i]
-            W_block[i:].addr_(H_inv_block[i, i:], err, alpha=-1.0)  # OBQ update of the remaining columns
-            W_block[i] = q
-            codes_t[col] = code.to(torch.uint8)
-            err_block[i] = err
+class QuantizeColumns(ColumnRule):
+    """GPTQ's rule for :func:`~pruning_course.unstructured.sparsegpt.obs_column_sweep`: round each
+    column to its group's grid; with a keep-mask, pruned weights become exactly zero."""
 
-        Wt[start:end] = W_block
-        Wt[end:].addmm_(H_inv[start:end, end:].t(), err_block, alpha=-1.0)  # lazy update of later blocks
+    def __init__(self, rows: int, cols: int, group_size: int, bits: int, sym: bool, keep_t, device):
+        self.g, self.bits, self.sym, self.keep_t = group_size, bits, sym, keep_t
+        self.codes_t = torch.empty(cols, rows, dtype=torch.uint8, device=device)
+        self.scales = torch.empty(rows, cols // group_size, device=device)
+        self.zeros = torch.empty(rows, cols // group_size, dtype=torch.uint8, device=device)
 
-    return codes_t.t().contiguous(), scales, zeros
+    def target(self, col, i, W_block, d, Wt, end):
+        g, keep_t = self.g, self.keep_t
+        if col % g == 0:  # a new group: its grid from the weights as updated so far
+            group = torch.cat([W_block[i : i + g], Wt[end : col + g]])  # (g, rows)
+            if keep_t is not None:
+                group = group * keep_t[col : col + g]
+            self.scale, self.zero = minmax_grid(group.t(), self.bits, self.sym)
+            self.scales[:, col // g], self.zeros[:, col // g] = self.scale, self.zero
+        w = W_block[i]
+        code = quantize_to_grid(w if keep_t is None else w * keep_t[col], self.scale, self.zero, self.bits)
+        self.codes_t[col] = code.to(torch.uint8)
+        return (code - self.zero.float()) * self.scale

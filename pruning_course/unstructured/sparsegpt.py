@@ -27,6 +27,12 @@ from ..oneshot import OneShotMethod
 from ..schedules import BlockSparsity
 
 
+def obs_error(w: torch.Tensor, h_inv_diagonal: torch.Tensor) -> torch.Tensor:
+    """``w^2 / [H^-1]_qq`` given the diagonal of ``H^-1`` (broadcast against ``w``): the OBS
+    saliency of SparseGPT Eq. 3, shared by :func:`obs_saliency` and the column sweep."""
+    return w.pow(2) / h_inv_diagonal
+
+
 def obs_saliency(w: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
     """OBS error of removing each weight alone: ``w_q^2 / [H^-1]_qq`` (SparseGPT Eq. 3, OBS 1993).
 
@@ -35,14 +41,17 @@ def obs_saliency(w: torch.Tensor, h_inv: torch.Tensor) -> torch.Tensor:
     ``sparsegpt_prune`` ranks by ``w^2 / [U]_qq^2`` with ``U`` the upper Cholesky factor of
     ``H^-1``: the same quantity for the weights not yet processed (Sec. 3.2).
     """
-    return w.pow(2) / torch.diagonal(h_inv)
+    return obs_error(w, torch.diagonal(h_inv))
 
 
 def obs_remove_weight(w_row: torch.Tensor, h_inv: torch.Tensor, q: int) -> torch.Tensor:
     """Remove weight ``q`` of one row optimally (the OBS update, SparseGPT Eq. 3).
 
     ``delta = -(w_q / [H^-1]_qq) * H^-1[:, q]`` spreads the removed weight over the others so that
-    the layer's output changes least; ``w'_q`` is exactly zero.
+    the layer's output changes least; ``w'_q`` is exactly zero. :func:`obs_column_sweep` applies
+    the same update to every row at once in its Cholesky form: with ``U`` the upper factor of
+    ``H^-1`` restricted to the columns not yet processed, ``[H^-1]_qq = U_qq^2`` and
+    ``H^-1[q, :] = U_qq U[q, :]``, so the update is ``-(w_q / U_qq) U[q, :]``.
     """
     new = w_row - (w_row[q] / h_inv[q, q]) * h_inv[:, q]
     new[q] = 0.0
@@ -53,14 +62,99 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01) -> tup
     """Upper Cholesky factor of ``(H + damp * I)^-1``, and the mask of dead input columns.
 
     Dead columns (``H_jj == 0``: the input is always zero) get ``H_jj = 1`` so that ``H`` stays
-    invertible; their weights are irrelevant and are zeroed by the caller.
+    invertible; their weights are irrelevant and are zeroed by the caller. A Hessian that is not
+    positive definite even after damping (too few calibration tokens for the layer's width, or
+    non-finite activations) raises ``ValueError`` saying what to change.
     """
     H = hessian.detach().clone().float()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
-    H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    return torch.linalg.cholesky(H_inv, upper=True), dead
+    try:
+        H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        return torch.linalg.cholesky(H_inv, upper=True), dead
+    except torch.linalg.LinAlgError:
+        finite = bool(torch.isfinite(H).all())
+        raise ValueError(
+            f"the {H.shape[0]}x{H.shape[0]} layer Hessian is not positive definite after damping by {percdamp:g} of its "
+            + ("mean diagonal: raise percdamp (e.g. 0.1) or use more calibration samples"
+               if finite else "mean diagonal: it holds inf or nan (the activations overflowed; use float32)")
+        ) from None
+
+
+class ColumnRule:
+    """What :func:`obs_column_sweep` does with each input column: SparseGPT zeroes the pruned
+    weights (:class:`PruneColumns`), GPTQ rounds to its grid (``quantize.gptq.QuantizeColumns``).
+
+    The sweep works on ``W^T`` (``(in, out)``), so a column of ``W`` is a row of ``W_block``."""
+
+    def start_block(self, start: int, end: int, W_block: torch.Tensor, d: torch.Tensor) -> None:
+        """Called before the block of columns ``start:end``; ``d`` is the diagonal of its factor."""
+
+    def target(self, col: int, i: int, W_block: torch.Tensor, d: torch.Tensor, Wt: torch.Tensor, end: int) -> torch.Tensor:
+        """The new values of column ``col`` (row ``i`` of ``W_block``); the sweep compensates the difference."""
+        raise NotImplementedError
+
+
+class PruneColumns(ColumnRule):
+    """SparseGPT's rule: keep or zero each weight, by the mask chosen adaptively (Sec. 3.3): the
+    lowest OBS errors of each block of columns, or of each N:M group of columns just before the
+    group is processed (Sec. 3.4)."""
+
+    def __init__(self, shape_t: tuple[int, int], sparsity: float, nm, device):
+        self.sparsity, self.nm = sparsity, nm
+        self.keep_t = torch.ones(shape_t, dtype=torch.bool, device=device)
+
+    def start_block(self, start, end, W_block, d):
+        self.keep_block = self.keep_t[start:end]
+        if self.nm is None:  # adaptive mask: lowest OBS saliency w^2 / [H^-1]_ii^2 over the whole block
+            self.keep_block[:] = per_matrix_mask(obs_error(W_block, d.pow(2).unsqueeze(1)), self.sparsity)
+
+    def target(self, col, i, W_block, d, Wt, end):
+        if self.nm is not None and i % self.nm[1] == 0:  # the N:M group's mask, just before processing it
+            n, m = self.nm
+            saliency = obs_error(W_block[i : i + m], d[i : i + m].pow(2).unsqueeze(1))
+            self.keep_block[i : i + m] = nm_mask(saliency.t(), n, m).t()
+        return W_block[i] * self.keep_block[i]
+
+
+@torch.no_grad()
+def obs_column_sweep(weight: torch.Tensor, hessian: torch.Tensor, rule: ColumnRule, *, blocksize: int = 128,
+                     percdamp: float = 0.01) -> torch.Tensor:
+    """The column sweep of SparseGPT (Algorithm 1) and GPTQ (Algorithm 1): one loop, two rules.
+
+    Left to right over the input columns, ``rule`` sets each column's new values ``q`` and the
+    error ``err = (w - q) / U_ii`` is spread over the columns not yet processed,
+    ``W[:, i:] -= err U[i, i:]`` with ``U`` the upper Cholesky factor of the dampened ``H^-1``
+    (SparseGPT Eq. 3 / GPTQ Eq. 2-3). Updates of later blocks of ``blocksize`` columns are applied
+    lazily, once per block (SparseGPT Sec. 3.2, GPTQ step 2). Dead input columns are zeroed first.
+    Returns the new ``(out, in)`` weight in float32 on ``weight``'s device; ``weight`` itself is
+    never modified (a copy, also for GPT-2's ``Conv1D``, whose ``weight.t()`` is its own storage).
+
+    The work is on ``W^T``, ``(in, out)``: column ``i`` of ``W`` is then the contiguous row ``i``,
+    which makes the per-column rank-1 updates several times faster on a CPU; the math is unchanged.
+    """
+    Wt = weight.detach().t().float().clone(memory_format=torch.contiguous_format)
+    H_inv, dead = inverse_hessian_factor(hessian.to(Wt.device), percdamp)
+    Wt[dead] = 0
+    cols = Wt.shape[0]
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        W_block = Wt[start:end].clone()  # (columns of this block, rows)
+        H_inv_block = H_inv[start:end, start:end]
+        d = torch.diag(H_inv_block)
+        err_block = torch.zeros_like(W_block)
+        rule.start_block(start, end, W_block, d)
+        for i in range(end - start):
+            w = W_block[i]
+            q = rule.target(start + i, i, W_block, d, Wt, end)
+            err = (w - q) / d[i]
+            W_block[i:].addr_(H_inv_block[i, i:], err, alpha=-1.0)  # OBS update of the remaining columns
+            W_block[i] = q  # exactly the rule's values (zeros where pruned)
+            err_block[i] = err
+        Wt[start:end] = W_block
+        Wt[end:].addmm_(H_inv[start:end, end:].t(), err_block, alpha=-1.0)  # lazy update of later blocks
+    return Wt.t()
 
 
 @torch.no_grad()
@@ -76,7 +170,8 @@ def sparsegpt_prune(
     """Prune one ``(out, in)`` weight matrix given its input Hessian ``(in, in)``.
 
     Returns ``(new_weight, keep_mask)``: the pruned and error-compensated weights (same dtype as
-    ``weight``) and the boolean keep-mask. The computation runs in float32 on ``weight``'s device.
+    ``weight``) and the boolean keep-mask. The computation runs in float32 on ``weight``'s device
+    (:func:`obs_column_sweep` with :class:`PruneColumns`).
     """
     sparsity, nm = resolve_target(sparsity, pattern)
     rows, cols = weight.shape
@@ -86,43 +181,9 @@ def sparsegpt_prune(
         n, m = nm
         if cols % m or blocksize % m:
             raise ValueError(f"{n}:{m} needs M to divide the input width ({cols}) and the block size ({blocksize})")
-
-    # Work on W^T, (in, out): column i of W is then the contiguous row i, which makes the
-    # per-column rank-1 updates several times faster on a CPU. The math is unchanged. Always a copy:
-    # for GPT-2's Conv1D, weight.t() is the layer's own (contiguous) storage.
-    Wt = weight.detach().t().float().clone(memory_format=torch.contiguous_format)
-    H_inv, dead = inverse_hessian_factor(hessian.to(Wt.device), percdamp)
-    Wt[dead] = 0
-    keep_t = torch.ones_like(Wt, dtype=torch.bool)
-
-    for start in range(0, cols, blocksize):
-        end = min(start + blocksize, cols)
-        W_block = Wt[start:end].clone()  # (columns of this block, rows)
-        H_inv_block = H_inv[start:end, start:end]
-        d = torch.diag(H_inv_block)
-        err_block = torch.zeros_like(W_block)
-        if nm is None:  # adaptive mask: lowest OBS saliency w^2 / [H^-1]_ii^2 over the whole block
-            keep_block = per_matrix_mask(W_block.pow(2) / d.pow(2).unsqueeze(1), sparsity)
-        else:
-            keep_block = torch.ones_like(W_block, dtype=torch.bool)
-
-        for i in range(end - start):
-            if nm is not None and i % m == 0:  # choose the N:M group's mask just before processing it
-                saliency = W_block[i : i + m].pow(2) / d[i : i + m].pow(2).unsqueeze(1)
-                keep_block[i : i + m] = nm_mask(saliency.t(), n, m).t()
-            w = W_block[i].clone()
-            q = w * keep_block[i]
-            err = (w - q) / d[i]
-            W_block[i:].addr_(H_inv_block[i, i:], err, alpha=-1.0)  # OBS update of the remaining columns
-            W_block[i] = q  # exact zeros where pruned
-            err_block[i] = err
-
-        Wt[start:end] = W_block
-        keep_t[start:end] = keep_block
-        Wt[end:].addmm_(H_inv[start:end, end:].t(), err_block, alpha=-1.0)  # lazy update of later blocks
-
-    W, mask = Wt.t(), keep_t.t()
-    return W.to(weight.dtype), mask
+    rule = PruneColumns((cols, rows), sparsity, nm, weight.device)
+    W = obs_column_sweep(weight, hessian, rule, blocksize=blocksize, percdamp=percdamp)
+    return W.to(weight.dtype), rule.keep_t.t()
 
 
 SPARSEGPT = OneShotMethod("sparsegpt", InputHessian, sparsegpt_prune, options=("blocksize", "percdamp"),
