@@ -118,3 +118,26 @@ def test_sparsegpt_prune_never_changes_the_weight_it_is_given_even_a_transposed_
     new_weight, _ = sparsegpt_prune(weight, 2 * x.t() @ x / 64, 0.5)
     assert torch.equal(stored, before)
     assert (new_weight == 0).float().mean() == 0.5
+
+
+def test_a_singular_hessian_says_what_to_change():
+    from pruning_course.unstructured.sparsegpt import inverse_hessian_factor
+
+    hessian = -torch.eye(8)  # not positive definite, and damping by 1% of its mean diagonal cannot fix it
+    with pytest.raises(ValueError, match="raise percdamp .* or use more calibration samples"):
+        sparsegpt_prune(torch.randn(4, 8), hessian, 0.5)
+    with pytest.raises(ValueError, match="inf or nan"):
+        inverse_hessian_factor(torch.full((8, 8), float("nan")))
+
+
+def test_the_sweep_never_writes_into_the_weight_it_was_given():
+    from pruning_course.quantize.gptq import gptq_quantize
+
+    gen = torch.Generator().manual_seed(3)
+    storage = torch.randn(16, 8, generator=gen)  # a Conv1D keeps (in, out): its weight_matrix is storage.t()
+    weight, before = storage.t(), storage.clone()
+    x = torch.randn(64, 16, generator=gen)
+    hessian = 2 / 64 * x.t() @ x
+    sparsegpt_prune(weight, hessian, 0.5)
+    gptq_quantize(weight, hessian, 4, -1)
+    assert torch.equal(storage, before)
