@@ -20,10 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.utils.prune as torch_prune
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 PRUNABLE_TYPES = (nn.Linear, Conv1D)
+PRUNABLE_KINDS = "nn.Linear or GPT-2's Conv1D"  # how messages name PRUNABLE_TYPES
 
 
 def is_prunable_linear(module: nn.Module) -> bool:
@@ -45,12 +47,97 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     raise TypeError(f"{type(module).__name__} is not a prunable linear layer (nn.Linear or Conv1D)")
 
 
+# How checks and error messages name GPT-2's transposed linear layer to a learner.
+TRANSPOSED_LINEAR = "transformers.pytorch_utils.Conv1D"
+
+
+def stores_transposed(module: nn.Module) -> bool:
+    """True when the layer stores its weight as ``(in, out)`` (GPT-2's ``Conv1D``), not ``(out, in)``."""
+    return isinstance(module, Conv1D)
+
+
+def as_stored(module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """An ``(out, in)`` matrix (a mask, a new weight) in the layout ``module`` stores its weight, and
+    back: the same transpose both ways."""
+    return matrix.t() if stores_transposed(module) else matrix
+
+
+def weight_with_grad(module: nn.Module) -> torch.Tensor:
+    """The weight as ``(out, in)`` *with* autograd (:func:`weight_matrix` is a detached view)."""
+    return as_stored(module, module.weight)
+
+
+def grad_matrix(module: nn.Module) -> torch.Tensor | None:
+    """The gradient of the weight as ``(out, in)``, or None before a backward pass."""
+    grad = module.weight.grad
+    return None if grad is None else as_stored(module, grad)
+
+
+def features(module: nn.Module, side: str) -> int:
+    """``out_features`` (``side="out"``) or ``in_features`` (``side="in"``) of a prunable linear."""
+    out_features, in_features = weight_matrix(module).shape
+    return out_features if side == "out" else in_features
+
+
+def slice_linear(module: nn.Module, index: torch.Tensor, side: str) -> None:
+    """Keep only the output rows (``side="out"``) or input columns (``side="in"``) listed in ``index``.
+
+    Works in place on ``nn.Linear`` and on GPT-2's ``Conv1D`` (weight stored as ``(in, out)``); the
+    bias follows the output rows. Parameters are replaced by new, smaller ones with the same dtype,
+    device and ``requires_grad``.
+    """
+    if side not in ("out", "in"):
+        raise ValueError(f"side must be 'out' or 'in', got {side!r}")
+    if not is_prunable_linear(module):
+        raise TypeError(f"{type(module).__name__} is not an nn.Linear or Conv1D")
+    index = torch.as_tensor(index, dtype=torch.long, device=module.weight.device)
+    weight = module.weight
+    rows_are_outputs = not stores_transposed(module)
+    if (side == "out") == rows_are_outputs:
+        new_weight = weight.data[index, :]
+    else:
+        new_weight = weight.data[:, index]
+    module.weight = nn.Parameter(new_weight.clone(), requires_grad=weight.requires_grad)
+    if side == "out" and module.bias is not None:
+        module.bias = nn.Parameter(module.bias.data[index].clone(), requires_grad=module.bias.requires_grad)
+
+    size = index.numel()
+    if stores_transposed(module):
+        if side == "out":
+            module.nf = size
+        else:
+            module.nx = size
+    elif side == "out":
+        module.out_features = size
+    else:
+        module.in_features = size
+
+
 def set_weight_matrix(module: nn.Module, new_weight: torch.Tensor) -> None:
     """Write an ``(out_features, in_features)`` matrix into the layer, whatever its storage."""
     target = weight_matrix(module)
     if target.shape != new_weight.shape:
         raise ValueError(f"expected a weight of shape {tuple(target.shape)}, got {tuple(new_weight.shape)}")
     target.copy_(new_weight.to(target.dtype))
+
+
+def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    """Zero the weights of a linear layer where ``mask`` is ``False`` (mask is ``(out, in)``)."""
+    weight = weight_matrix(module)
+    if mask.shape != weight.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the weight {tuple(weight.shape)}")
+    weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+
+
+def attach_torch_prune_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    """Attach ``mask`` with ``torch.nn.utils.prune.custom_from_mask`` (``weight_orig`` + ``weight_mask``).
+
+    This is the textbook API: the mask is re-applied on every forward pass until
+    ``torch.nn.utils.prune.remove(module, "weight")`` makes the zeros permanent. ``Conv1D`` stores
+    its weight transposed, so its mask is transposed too.
+    """
+    storage_mask = as_stored(module, mask)
+    torch_prune.custom_from_mask(module, "weight", storage_mask.to(module.weight.device))
 
 
 def _get(root: nn.Module, dotted: str) -> nn.Module | None:

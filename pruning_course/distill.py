@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import ArchitectureAdapter, Conv1D, adapter_for, weight_matrix
+from .architectures import ArchitectureAdapter, adapter_for, apply_mask, as_stored, weight_matrix
 from .evaluate import eval_windows
-from .masks import apply_mask
 
 TRAINABLE = ("linears", "all")
 
@@ -117,9 +116,8 @@ def _check_masks(model: nn.Module, adapter: ArchitectureAdapter, masks: dict[str
 
 
 def _storage(module: nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """The ``(out, in)`` mask in the layout the module stores its weight (GPT-2 ``Conv1D``: transposed)."""
-    mask = mask.t() if isinstance(module, Conv1D) else mask
-    return mask.to(module.weight.device)
+    """The ``(out, in)`` mask in the layout the module stores its weight."""
+    return as_stored(module, mask).to(module.weight.device)
 
 
 @torch.no_grad()

@@ -108,7 +108,7 @@ def prune_parameters(model: nn.Module, adapter: ArchitectureAdapter) -> list[tup
     """``(module, "weight")`` pairs of every prunable linear, as ``torch.nn.utils.prune`` takes them.
 
     Feed them to ``prune.global_unstructured(pairs, ...)`` or loop with ``prune.l1_unstructured``.
-    Only the linears inside the decoder blocks (``nn.Linear`` and GPT-2's ``Conv1D``); never the
+    Only the linears inside the decoder blocks (``nn.Linear`` and GPT-2's transposed linears); never the
     embeddings or the LM head.
     """
     return [(module, "weight") for module in adapter.named_linears(model).values()]

@@ -15,10 +15,7 @@ comparison scopes:
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.nn.utils import prune as torch_prune
 
-from .architectures import Conv1D, weight_matrix
 
 
 def validate_sparsity(sparsity: float) -> float:
@@ -126,25 +123,6 @@ def sparsity_of(tensor: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    """Zero the weights of a linear layer where ``mask`` is ``False`` (mask is ``(out, in)``)."""
-    weight = weight_matrix(module)
-    if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the weight {tuple(weight.shape)}")
-    weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
-
-
-def attach_torch_prune_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    """Attach ``mask`` with ``torch.nn.utils.prune.custom_from_mask`` (``weight_orig`` + ``weight_mask``).
-
-    This is the textbook API: the mask is re-applied on every forward pass until
-    ``torch.nn.utils.prune.remove(module, "weight")`` makes the zeros permanent. ``Conv1D`` stores
-    its weight transposed, so its mask is transposed too.
-    """
-    storage_mask = mask.t() if isinstance(module, Conv1D) else mask
-    torch_prune.custom_from_mask(module, "weight", storage_mask.to(module.weight.device))
-
-
 def resolve_target(sparsity: float | None, pattern: str | tuple[int, int] | None) -> tuple[float, tuple[int, int] | None]:
     """Validate a (sparsity, pattern) request and return ``(sparsity, (n, m) or None)``.
 

@@ -216,8 +216,8 @@ def to_semi_structured(linear: nn.Linear, backend: str = "auto") -> nn.Linear:
 
     Afterwards ``linear(x)`` runs the sparse tensor-core matmul; the layer is for inference (the
     weight no longer requires grad). Raises :class:`SemiStructuredUnsupported` with the reason from
-    :func:`semi_structured_support` if it cannot run here. GPT-2's ``Conv1D`` stores its weight
-    transposed, ``(in, out)``, so its 2:4 groups run the wrong way for the kernel: it is refused.
+    :func:`semi_structured_support` if it cannot run here. GPT-2's linears store their weight
+    transposed, ``(in, out)``, so their 2:4 groups run the wrong way for the kernel: they are refused.
     """
     if type(linear) is not nn.Linear:
         raise SemiStructuredUnsupported(

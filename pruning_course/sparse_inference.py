@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .architectures import ArchitectureAdapter, is_prunable_linear, weight_matrix
+from .architectures import PRUNABLE_KINDS, ArchitectureAdapter, is_prunable_linear, weight_matrix
 from .masks import num_to_prune, validate_sparsity
 
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
@@ -307,7 +307,7 @@ class CSRLinear(nn.Module):
     """A linear layer whose ``(out, in)`` weight is stored as CSR (inference only).
 
     ``forward`` flattens the leading dimensions, computes ``(W x^T)^T + b`` with ``torch.sparse.mm``
-    and restores the shape. Build one with :meth:`from_linear` from an ``nn.Linear`` or GPT-2 ``Conv1D``.
+    and restores the shape. Build one with :meth:`from_linear` from any prunable linear (``nn.Linear`` or GPT-2's transposed one).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -319,7 +319,7 @@ class CSRLinear(nn.Module):
     @classmethod
     def from_linear(cls, module: nn.Module) -> CSRLinear:
         if not is_prunable_linear(module):
-            raise ValueError(f"{type(module).__name__} is not a prunable linear layer (nn.Linear or Conv1D)")
+            raise ValueError(f"{type(module).__name__} is not a prunable linear layer ({PRUNABLE_KINDS})")
         return cls(weight_matrix(module), module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ from torch.nn.utils import prune as torch_prune
 from pruning_course.architectures import adapter_for, tiny_model, weight_matrix
 from pruning_course.calibration import InputHessian, SquaredInputNorm, capture_block_inputs, run_blockwise
 from pruning_course.evaluate import perplexity, sparsity_report
-from pruning_course.masks import apply_mask, is_nm_sparse, num_to_prune, per_matrix_mask
+from pruning_course.architectures import apply_mask
+from pruning_course.masks import is_nm_sparse, num_to_prune, per_matrix_mask
 from pruning_course.methods import prune_model
 
 

@@ -20,8 +20,10 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from pruning_course.architectures import (
-    Conv1D,
     TINY_FAMILIES,
+    TRANSPOSED_LINEAR,
+    as_stored,
+    stores_transposed,
     adapter_for,
     tiny_config,
     tiny_model,
@@ -39,6 +41,8 @@ __all__ = [
     "check_prunable_linears",
     "check_magnitude_pruned_model",
 ]
+
+SHORT = TRANSPOSED_LINEAR.rpartition(".")[2]  # the class name, as a learner sees it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +111,7 @@ def _count_facts(model: nn.Module, adapter) -> dict:
         "positions": sum(m.weight.numel() for m in embeddings[1:]),
         "embeddings": sum(p.numel() for m in embeddings for p in m.parameters()),
         "biases": sum(m.bias.numel() for m in linears if getattr(m, "bias", None) is not None),
-        "conv1d": sum(m.weight.numel() for m in linears if isinstance(m, Conv1D)),
+        "transposed": sum(m.weight.numel() for m in linears if stores_transposed(m)),
     }
 
 
@@ -135,8 +139,8 @@ def _explain_count(key: str, got: int, expected: int, facts: dict, label: str) -
             (facts["embeddings"], "the embeddings are counted as prunable: they stay dense"),
             (facts["biases"], "the linears' biases are counted as prunable: only their weight matrices are "
              "pruned (biases belong under 'other')"),
-            (-facts["conv1d"], "GPT-2's Conv1D layers are missing: its attention and MLP use "
-             "transformers.pytorch_utils.Conv1D, which is not an nn.Linear (use adapter.named_linears)"),
+            (-facts["transposed"], f"GPT-2's {SHORT} layers are missing: its attention and MLP use "
+             f"{TRANSPOSED_LINEAR}, which is not an nn.Linear (use adapter.named_linears)"),
         ]
     elif key == "total" and facts["tied"]:
         candidates.append((head, tie + "; your total counts it twice (state_dict() and a walk over the "
@@ -363,13 +367,12 @@ def check_prunable_linears(prunable_linears_fn) -> None:
         if extra:
             fail(f"on {label}, these modules are not prunable linears of the decoder blocks: {extra[:5]}")
         if missing:
-            types = {type(dict(model.named_modules())[n]) for n in missing}
-            if types == {Conv1D}:
-                fail(f"on {label}, GPT-2's Conv1D layers are missing ({missing[:4]}{'...' if len(missing) > 4 else ''}): "
-                     "GPT-2 builds attention and MLP from transformers.pytorch_utils.Conv1D, which is not an "
-                     "nn.Linear; accept both types (isinstance(m, (nn.Linear, Conv1D)))")
+            if all(stores_transposed(dict(model.named_modules())[n]) for n in missing):
+                fail(f"on {label}, GPT-2's {SHORT} layers are missing ({missing[:4]}{'...' if len(missing) > 4 else ''}): "
+                     f"GPT-2 builds attention and MLP from {TRANSPOSED_LINEAR}, which is not an "
+                     f"nn.Linear; accept both types (isinstance(m, (nn.Linear, {SHORT})))")
             fail(f"on {label}, {len(missing)} prunable linear(s) are missing, e.g. {missing[:4]}")
-    passed("prunable_linears returns exactly the block linears on tiny llama, gpt2 (Conv1D) and opt")
+    passed(f"prunable_linears returns exactly the block linears on tiny llama, gpt2 ({SHORT}) and opt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,7 +445,7 @@ def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -
         for name, module in linears.items():
             old = before[f"{name}.weight"]
             new = module.weight.detach()
-            old_w, new_w = (old.t(), new.t()) if isinstance(module, Conv1D) else (old, new)
+            old_w, new_w = as_stored(module, old), as_stored(module, new)
             kept = new_w != 0
             if not torch.equal(new_w[kept], old_w[kept]):
                 fail(f"{where}, {name}: weights that should be kept changed value; pruning only sets "
@@ -450,9 +453,9 @@ def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -
             zeros = int((~kept).sum())
             total_zeros, total_numel = total_zeros + zeros, total_numel + new_w.numel()
             layer_report.append((name, module, zeros, new_w.numel(), old_w, kept))
-        conv = [r for r in layer_report if isinstance(r[1], Conv1D)]
+        conv = [r for r in layer_report if stores_transposed(r[1])]
         if conv and all(r[2] == 0 for r in conv):
-            fail(f"{where}, GPT-2's Conv1D layers were not pruned: they are transformers.pytorch_utils.Conv1D, "
+            fail(f"{where}, GPT-2's {SHORT} layers were not pruned: they are {TRANSPOSED_LINEAR}, "
                  "not nn.Linear (use your prunable_linears)")
         if total_zeros == 0:
             fail(f"{where}, no weight is zero: nothing was pruned (did you prune a copy of the model?)")

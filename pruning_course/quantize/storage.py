@@ -49,9 +49,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from ..architectures import ArchitectureAdapter, adapter_for, weight_matrix
+from ..architectures import ArchitectureAdapter, adapter_for, stores_transposed, weight_matrix
 from ..masks import parse_pattern
 from ..model_files import check_safetensors, writing
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
@@ -234,7 +233,7 @@ def save_compressed(
         encoded = encode_weight(
             weight, quantized.get(name), storage=storage, nm=nm, value_dtype=float_dtype or weight.dtype
         )
-        layers[name] = {**encoded.meta, "conv1d": isinstance(module, Conv1D)}
+        layers[name] = {**encoded.meta, "conv1d": stores_transposed(module)}  # the file's key for "stored (in, out)"
         for suffix, tensor in encoded.tensors.items():
             tensors[f"{name}.weight.{suffix}"] = tensor
             kind = "sparsity_metadata" if suffix in SPARSITY_SUFFIXES else (

@@ -39,9 +39,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from ..architectures import ArchitectureAdapter
+from ..architectures import ArchitectureAdapter, grad_matrix, weight_matrix
 from .resize import AttentionShape, attention_shapes, layout_for, shrink_attention
 
 __all__ = [
@@ -211,15 +210,6 @@ def head_importance(
     return normalize_per_layer(importance) if normalize else importance
 
 
-def _grad_matrix(module: nn.Module) -> torch.Tensor:
-    grad = module.weight.grad
-    return grad.t() if isinstance(module, Conv1D) else grad
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
-
-
 def qkv_gradient_importance(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -260,7 +250,7 @@ def qkv_gradient_importance(
             batch = batch.to(device)
             (_window_losses(model, batch).sum() / windows.shape[0]).backward()
         for shape, group in zip(shapes, projections):
-            per_row = torch.cat([(_weight(p) * _grad_matrix(p)).abs().sum(dim=1) for p in group]).double().cpu()
+            per_row = torch.cat([(weight_matrix(p) * grad_matrix(p)).abs().sum(dim=1) for p in group]).double().cpu()
             q_size, kv_size = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
             q, k, v = per_row.split([q_size, kv_size, kv_size])
             kv_per_head = (k + v).view(shape.num_kv_heads, shape.head_dim).sum(dim=1) / shape.group_size

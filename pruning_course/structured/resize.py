@@ -4,8 +4,8 @@ Head pruning (:mod:`.heads`) and width pruning (:mod:`.width`) both end by *slic
 rows of the layers that write a head's or a neuron's values, columns of the layer that reads them.
 This module holds that slicing once, for every family the course supports:
 
-* :func:`slice_linear` keeps chosen output rows or input columns of an ``nn.Linear`` or of GPT-2's
-  ``Conv1D`` (whose weight is stored transposed);
+* :func:`~pruning_course.architectures.slice_linear` (the adapter's module surgery) keeps chosen
+  output rows or input columns of a linear layer, whatever its storage;
 * :func:`shrink_attention` keeps chosen query heads and key/value heads of one decoder block and
   updates the attention module's per-layer attributes (``num_key_value_groups`` for Llama-family
   grouped-query attention, ``num_heads`` for OPT and GPT-2, ``split_size`` for GPT-2's fused
@@ -47,9 +47,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from ..architectures import ArchitectureAdapter, adapter_for
+from ..architectures import ArchitectureAdapter, adapter_for, features, slice_linear
 
 __all__ = [
     "BlockLayout",
@@ -122,39 +121,6 @@ def layout_for(adapter: ArchitectureAdapter) -> BlockLayout:
 # ---------------------------------------------------------------------------------------------
 
 
-def slice_linear(module: nn.Module, index: torch.Tensor, side: str) -> None:
-    """Keep only the output rows (``side="out"``) or input columns (``side="in"``) listed in ``index``.
-
-    Works in place on ``nn.Linear`` and on GPT-2's ``Conv1D`` (weight stored as ``(in, out)``); the
-    bias follows the output rows. Parameters are replaced by new, smaller ones with the same dtype,
-    device and ``requires_grad``.
-    """
-    if side not in ("out", "in"):
-        raise ValueError(f"side must be 'out' or 'in', got {side!r}")
-    index = torch.as_tensor(index, dtype=torch.long, device=module.weight.device)
-    weight = module.weight
-    if isinstance(module, Conv1D):
-        new_weight = weight.data[:, index] if side == "out" else weight.data[index, :]
-    elif isinstance(module, nn.Linear):
-        new_weight = weight.data[index, :] if side == "out" else weight.data[:, index]
-    else:
-        raise TypeError(f"{type(module).__name__} is not an nn.Linear or Conv1D")
-    module.weight = nn.Parameter(new_weight.clone(), requires_grad=weight.requires_grad)
-    if side == "out" and module.bias is not None:
-        module.bias = nn.Parameter(module.bias.data[index].clone(), requires_grad=module.bias.requires_grad)
-
-    size = index.numel()
-    if isinstance(module, Conv1D):
-        if side == "out":
-            module.nf = size
-        else:
-            module.nx = size
-    elif side == "out":
-        module.out_features = size
-    else:
-        module.in_features = size
-
-
 def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The feature positions of ``heads`` in a projection laid out head by head: ``h * head_dim + [0, head_dim)``."""
     heads = torch.as_tensor(heads, dtype=torch.long).reshape(-1)
@@ -180,22 +146,16 @@ class AttentionShape:
         return self.num_heads // self.num_kv_heads
 
 
-def _features(module: nn.Module, side: str) -> int:
-    if isinstance(module, Conv1D):
-        return module.weight.shape[1 if side == "out" else 0]
-    return module.weight.shape[0 if side == "out" else 1]
-
-
 def attention_shape(block: nn.Module, adapter: ArchitectureAdapter) -> AttentionShape:
     """The :class:`AttentionShape` of one decoder block, read from its weights."""
     layout = layout_for(adapter)
     attention = block.get_submodule(layout.attention)
     head_dim = int(attention.head_dim)
-    num_heads = _features(attention.get_submodule(layout.o), "in") // head_dim
+    num_heads = features(attention.get_submodule(layout.o), "in") // head_dim
     if layout.qkv is not None:
         num_kv_heads = num_heads
     else:
-        num_kv_heads = _features(attention.get_submodule(layout.k), "out") // head_dim
+        num_kv_heads = features(attention.get_submodule(layout.k), "out") // head_dim
     return AttentionShape(num_heads, num_kv_heads, head_dim)
 
 
@@ -206,7 +166,7 @@ def attention_shapes(model: nn.Module, adapter: ArchitectureAdapter) -> list[Att
 
 def mlp_width(block: nn.Module, adapter: ArchitectureAdapter) -> int:
     """Number of intermediate neurons of one block's MLP."""
-    return _features(block.get_submodule(layout_for(adapter).mlp_out), "in")
+    return features(block.get_submodule(layout_for(adapter).mlp_out), "in")
 
 
 # ---------------------------------------------------------------------------------------------

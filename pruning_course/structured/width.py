@@ -21,7 +21,7 @@ calibration data, with the calibration engine (:func:`pruning_course.calibration
   ignores the weights.
 
 :func:`prune_mlp_width` then slices gate/up rows and down columns together (``fc1`` rows / ``fc2``
-columns for OPT; ``c_fc`` / ``c_proj`` for GPT-2, whose ``Conv1D`` stores weights transposed).
+columns for OPT; ``c_fc`` / ``c_proj`` for GPT-2, whose linears store their weights transposed).
 """
 
 from __future__ import annotations

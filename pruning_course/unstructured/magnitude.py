@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, weight_matrix
-from ..masks import apply_mask, attach_torch_prune_mask, global_masks, keep_mask, resolve_target
+from ..architectures import ArchitectureAdapter, apply_mask, attach_torch_prune_mask, weight_matrix
+from ..masks import global_masks, keep_mask, resolve_target
 from ..oneshot import OneShotMethod
 from ..schedules import BlockSparsity, block_sparsities, is_uniform
 

@@ -25,7 +25,7 @@ from zero) and shrinks when the weight is pulled towards zero.
 
 The sparsity schedule is Zhu & Gupta's cubic (:func:`cubic_sparsity`) with the warm-up and
 cool-down of Sanh et al.'s code. :class:`MaskedLinear` wraps an existing ``nn.Linear`` or GPT-2
-``Conv1D``; :func:`mask_model` swaps them in, :func:`fold_masks` turns the model back into plain
+transposed linears; :func:`mask_model` swaps them in, :func:`fold_masks` turns the model back into plain
 modules with exact zeros (a normal model that ``save_pretrained`` / ``from_pretrained`` handle).
 The fine-tuning loop lives in :mod:`pruning_course.finetune`.
 """
@@ -39,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, Conv1D, is_prunable_linear, weight_matrix
-from ..masks import apply_mask, num_to_prune, validate_sparsity
+from ..architectures import (
+    PRUNABLE_KINDS, ArchitectureAdapter, apply_mask, is_prunable_linear, weight_matrix, weight_with_grad,
+)
+from ..masks import num_to_prune, validate_sparsity
 
 METHODS = ("hard", "soft", "magnitude")
 
@@ -250,15 +252,10 @@ def global_topk_masks(
 # ---------------------------------------------------------------------------------------------
 
 
-def _weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight as ``(out, in)`` *with* autograd (``weight_matrix`` returns a detached view)."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
-
-
 class MaskedLinear(nn.Module):
     """A linear layer computing ``x @ (W * M)^T + b`` with a mask recomputed at every forward pass.
 
-    Wraps an existing ``nn.Linear`` or GPT-2 ``Conv1D`` (kept as ``self.linear``, so its weight and
+    Wraps an existing prunable linear, ``nn.Linear`` or GPT-2's transposed one (kept as ``self.linear``, so its weight and
     bias keep their names and values). ``method`` chooses the mask:
 
     * ``"hard"``: ``TopKBinarizer(scores, sparsity)`` (equal scores: the larger ``|W|`` stays);
@@ -275,7 +272,7 @@ class MaskedLinear(nn.Module):
     def __init__(self, linear: nn.Module, method: str = "hard", score_init: float = 0.0):
         super().__init__()
         if not is_prunable_linear(linear):
-            raise TypeError(f"MaskedLinear wraps nn.Linear or Conv1D, got {type(linear).__name__}")
+            raise TypeError(f"MaskedLinear wraps a prunable linear ({PRUNABLE_KINDS}), got {type(linear).__name__}")
         if method not in METHODS:
             raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
         self.linear = linear
@@ -292,7 +289,7 @@ class MaskedLinear(nn.Module):
     def mask(self) -> torch.Tensor:
         """The float ``{0, 1}`` mask of the current state, differentiable (STE) w.r.t. the scores."""
         if self.method == "magnitude":
-            return magnitude_binarize(_weight_out_in(self.linear), self._sparsity())
+            return magnitude_binarize(weight_with_grad(self.linear), self._sparsity())
         if self.method == "soft" and self.sparsity is None:
             if self.threshold is None:
                 raise ValueError("soft movement needs a threshold: call set_pruning_state(model, threshold=...)")
@@ -317,7 +314,7 @@ class MaskedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.mask()
         self.last_kept_fraction = float(mask.detach().mean())
-        weight = _weight_out_in(self.linear)
+        weight = weight_with_grad(self.linear)
         return F.linear(x, weight * mask.to(weight.dtype), self.linear.bias)
 
     def extra_repr(self) -> str:

@@ -129,7 +129,7 @@ def obs_column_sweep(weight: torch.Tensor, hessian: torch.Tensor, rule: ColumnRu
     (SparseGPT Eq. 3 / GPTQ Eq. 2-3). Updates of later blocks of ``blocksize`` columns are applied
     lazily, once per block (SparseGPT Sec. 3.2, GPTQ step 2). Dead input columns are zeroed first.
     Returns the new ``(out, in)`` weight in float32 on ``weight``'s device; ``weight`` itself is
-    never modified (a copy, also for GPT-2's ``Conv1D``, whose ``weight.t()`` is its own storage).
+    never modified (a copy, also for GPT-2's transposed linears, whose ``weight.t()`` is their own storage).
 
     The work is on ``W^T``, ``(in, out)``: column ``i`` of ``W`` is then the contiguous row ``i``,
     which makes the per-column rank-1 updates several times faster on a CPU; the math is unchanged.
