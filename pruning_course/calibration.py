@@ -179,29 +179,33 @@ def run_blockwise(
     was_training = model.training
     model.eval()
 
-    inputs = capture_block_inputs(model, adapter, windows, batch_size=batch_size, device=device)
-    blocks = adapter.blocks(model)
-    for index, block in enumerate(tqdm(blocks, desc=description, unit="block", disable=not progress)):
-        block.to(device)
-        stats: dict[str, InputStatistic] = {}
-        handles = []
-        if statistic is not None:
-            for name, linear in adapter.linears(block).items():
-                stats[name] = statistic(linear)
-                handles.append(linear.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add(args[0])))
+    try:
+        inputs = capture_block_inputs(model, adapter, windows, batch_size=batch_size, device=device)
+        blocks = adapter.blocks(model)
+        for index, block in enumerate(tqdm(blocks, desc=description, unit="block", disable=not progress)):
+            block.to(device)
             try:
-                for hidden, kwargs in inputs:
-                    block(hidden, **kwargs)
-            finally:
-                for handle in handles:
-                    handle.remove()
+                stats: dict[str, InputStatistic] = {}
+                handles = []
+                if statistic is not None:
+                    for name, linear in adapter.linears(block).items():
+                        stats[name] = statistic(linear)
+                        handles.append(linear.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add(args[0])))
+                    try:
+                        for hidden, kwargs in inputs:
+                            block(hidden, **kwargs)
+                    finally:
+                        for handle in handles:
+                            handle.remove()
 
-        on_block(index, block, stats)
-        del stats
+                on_block(index, block, stats)
+                del stats
 
-        outputs = [(_hidden_states(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
-        if after_block is not None:
-            after_block(index, [hidden for hidden, _ in inputs], [hidden for hidden, _ in outputs])
-        inputs = outputs
-        block.to(home)
-    model.train(was_training)
+                outputs = [(_hidden_states(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+                if after_block is not None:
+                    after_block(index, [hidden for hidden, _ in inputs], [hidden for hidden, _ in outputs])
+                inputs = outputs
+            finally:  # also when on_block raises: the block goes home, the model keeps its mode
+                block.to(home)
+    finally:
+        model.train(was_training)

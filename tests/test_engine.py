@@ -155,3 +155,17 @@ def test_calibrated_methods_need_windows_and_known_names(tiny):
         prune_model(model, adapter, "wanda", 0.5)
     with pytest.raises(ValueError, match="unknown pruning method 'obs'"):
         prune_model(model, adapter, "obs", 0.5)
+
+
+def test_a_failing_step_leaves_the_model_as_it_was_found(tiny, windows):
+    from pruning_course.calibration import run_blockwise
+
+    model, adapter, _ = tiny
+    model.train()
+
+    def fails(index, block, stats):
+        raise RuntimeError("a method's per-layer step failed")
+    with pytest.raises(RuntimeError, match="per-layer step failed"):
+        run_blockwise(model, adapter, windows, fails, progress=False)
+    assert model.training  # run_blockwise evaluates in eval mode and restores the mode it found
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
