@@ -117,12 +117,7 @@ def is_nm_sparse(weight: torch.Tensor, n: int, m: int) -> bool:
     return bool(((weight.reshape(rows, cols // m, m) != 0).sum(dim=2) <= n).all())
 
 
-def sparsity_of(tensor: torch.Tensor) -> float:
-    """Fraction of exact zeros."""
-    return float((tensor == 0).sum()) / tensor.numel()
 
-
-@torch.no_grad()
 def resolve_target(sparsity: float | None, pattern: str | tuple[int, int] | None) -> tuple[float, tuple[int, int] | None]:
     """Validate a (sparsity, pattern) request and return ``(sparsity, (n, m) or None)``.
 

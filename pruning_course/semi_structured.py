@@ -36,6 +36,7 @@ from torch import nn
 
 from .architectures import ArchitectureAdapter
 from .masks import nm_mask, parse_pattern
+from .packing import pack_int, unpack_int
 
 # ---------------------------------------------------------------------------------------------
 # 1. Compressed N:M storage (exact, device-agnostic)
@@ -45,23 +46,6 @@ from .masks import nm_mask, parse_pattern
 def index_bits(m: int) -> int:
     """Bits needed for a position inside a group of ``m``: ``ceil(log2 m)`` (2 for m=4, 3 for m=8)."""
     return max(1, (m - 1).bit_length())
-
-
-def _pack_bits(fields: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack non-negative integers ``< 2**bits`` into a flat uint8 stream, least significant bit first."""
-    flat = fields.reshape(-1).to(torch.int64)
-    shifts = torch.arange(bits, device=flat.device)
-    stream = ((flat[:, None] >> shifts) & 1).reshape(-1)  # bit j of field i at position i*bits + j
-    stream = torch.cat([stream, stream.new_zeros((-stream.numel()) % 8)])
-    weights = 2 ** torch.arange(8, device=flat.device)
-    return (stream.reshape(-1, 8) * weights).sum(dim=1).to(torch.uint8)
-
-
-def _unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`_pack_bits`: the first ``count`` fields of ``bits`` bits, as int64."""
-    stream = ((packed.to(torch.int64)[:, None] >> torch.arange(8, device=packed.device)) & 1).reshape(-1)
-    fields = stream[: count * bits].reshape(count, bits)
-    return (fields << torch.arange(bits, device=packed.device)).sum(dim=1)
 
 
 @dataclass
@@ -133,7 +117,7 @@ def compress_nm(weight: torch.Tensor, n: int = 2, m: int = 4) -> CompressedNM:
     key = (groups == 0).to(torch.int64) * m + position
     kept = torch.sort(torch.argsort(key, dim=2)[..., :n], dim=2).values
     values = torch.gather(groups, 2, kept).reshape(rows, cols // m * n).contiguous()
-    return CompressedNM(values=values, indices=_pack_bits(kept, index_bits(m)), shape=(rows, cols), n=n, m=m)
+    return CompressedNM(values=values, indices=pack_int(kept, index_bits(m)), shape=(rows, cols), n=n, m=m)
 
 
 @torch.no_grad()
@@ -141,7 +125,7 @@ def decompress_nm(c: CompressedNM) -> torch.Tensor:
     """The dense ``(rows, cols)`` weight back from :func:`compress_nm`, bit for bit."""
     rows, cols = c.shape
     num_groups = cols // c.m
-    kept = _unpack_bits(c.indices, index_bits(c.m), rows * num_groups * c.n).reshape(rows, num_groups, c.n)
+    kept = unpack_int(c.indices, index_bits(c.m), rows * num_groups * c.n).long().reshape(rows, num_groups, c.n)
     dense = torch.zeros(rows, num_groups, c.m, dtype=c.values.dtype, device=c.values.device)
     dense.scatter_(2, kept, c.values.reshape(rows, num_groups, c.n))
     return dense.reshape(rows, cols)

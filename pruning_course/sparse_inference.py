@@ -69,8 +69,8 @@ def random_sparse_weight(
 ) -> torch.Tensor:
     """A dense ``(out, in)`` Gaussian weight with exactly ``floor(sparsity * numel)`` zeros at uniformly random places.
 
-    Unstructured pruning of a trained model leaves zeros spread much like this; use
-    :func:`pruned_weights` to time the real pruned weights of a model instead.
+    Unstructured pruning of a trained model leaves zeros spread much like this; time the real
+    pruned weights of a model (``weight_matrix`` of each of ``adapter.named_linears``) to check.
     """
     if out_features < 1 or in_features < 1:
         raise ValueError(f"a weight needs positive dimensions, got ({out_features}, {in_features})")
@@ -81,11 +81,6 @@ def random_sparse_weight(
     removed = torch.randperm(weight.numel(), generator=generator)[: num_to_prune(weight.numel(), sparsity)]
     weight.view(-1)[removed] = 0.0
     return weight.to(dtype)
-
-
-def pruned_weights(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, torch.Tensor]:
-    """The ``(out, in)`` weights of every prunable linear of a (pruned) model, detached copies."""
-    return {name: weight_matrix(module).detach().clone() for name, module in adapter.named_linears(model).items()}
 
 
 def dense_nbytes(weight: torch.Tensor) -> int:
@@ -148,14 +143,6 @@ def csr_memory_break_even(
 # ---------------------------------------------------------------------------------------------
 # Timing one weight
 # ---------------------------------------------------------------------------------------------
-
-
-def median_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 20) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls, after ``warmup`` untimed calls.
-
-    The median (not the mean) keeps one interruption by another process from moving the result.
-    """
-    return interleaved_median_ms([fn], warmup, repeats)[0]
 
 
 def interleaved_median_ms(fns: Sequence[Callable[[], object]], warmup: int = 3, repeats: int = 20) -> list[float]:

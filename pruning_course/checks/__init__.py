@@ -112,10 +112,6 @@ def scale_factor(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-
     return c if c != 0.0 and close_to(value, c * reference, rtol) else None
 
 
-def describe_fraction(value: float) -> str:
-    return f"{100 * value:.0f}%"
-
-
 def keeps_rng(check):
     """Decorator: run a check without disturbing the learner's global RNG (checks build seeded models inside)."""
     import functools

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 
 from ..quantize.model import QuantizedWeight
-from ..quantize.packing import pack_int, unpack_int
+from ..packing import pack_int, unpack_int
 from ..quantize.rtn import quantize_rtn as reference_quantize_rtn
 from ..quantize.storage import encode_weight
 from . import call, expect_tensor, fail, fmt_values, generator, keeps_rng, passed

@@ -336,13 +336,6 @@ def _storage_cases(seed: int):
     return cases
 
 
-def _pack(fields: torch.Tensor, msb_first: bool = False) -> torch.Tensor:
-    """Four 2-bit fields per byte: least significant bits first (the format), or reversed."""
-    f = fields.reshape(-1, 4).to(torch.int64)
-    shifts = torch.tensor([6, 4, 2, 0]) if msb_first else torch.tensor([0, 2, 4, 6])
-    return (f << shifts).sum(dim=1).to(torch.uint8)
-
-
 def _unpack(packed: torch.Tensor, msb_first: bool = False) -> torch.Tensor:
     shifts = torch.tensor([6, 4, 2, 0]) if msb_first else torch.tensor([0, 2, 4, 6])
     return ((packed.to(torch.int64)[:, None] >> shifts) & 3).reshape(-1)

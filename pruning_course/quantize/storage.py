@@ -20,7 +20,7 @@ real cost of a compressed model. What it stores, for every prunable linear ``NAM
     default; the whole matrix for ``dense``);
   - quantized to ``b`` bits: ``NAME.weight.qweight``, the integer codes of the stored weights,
     ``b`` bits each, packed (two int4 codes per byte, low nibble first, see
-    :mod:`~pruning_course.quantize.packing`); ``NAME.weight.scales``, one float16 scale per
+    :mod:`~pruning_course.packing`); ``NAME.weight.scales``, one float16 scale per
     output row and group; ``NAME.weight.qzeros``, one ``b``-bit zero point per row and group,
     packed. Positions that are not stored decode to the code ``zero``, i.e. exactly 0.
 
@@ -55,7 +55,7 @@ from ..masks import parse_pattern
 from ..model_files import check_safetensors, writing
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
 from .model import QuantizedWeight
-from .packing import pack_int, pack_mask, unpack_int, unpack_mask
+from ..packing import pack_int, pack_mask, unpack_int, unpack_mask
 from .rtn import SCALE_DTYPE, dequantize
 
 FORMAT_VERSION = 1

@@ -1,7 +1,8 @@
 """Packing small integers into bytes: two int4 codes per byte, eight mask bits per byte, ...
 
-The layout is one little-endian bit stream, the same as the 2:4 index packing of
-:func:`pruning_course.semi_structured.compress_nm`: bit ``j`` of value ``i`` is bit number
+Quantized codes (:mod:`pruning_course.quantize`), sparsity bitmasks and the N:M index fields of
+:func:`pruning_course.semi_structured.compress_nm` all use it. The layout is one little-endian bit
+stream: bit ``j`` of value ``i`` is bit number
 ``i * bits + j`` of the stream, and stream bit ``k`` is bit ``k % 8`` of byte ``k // 8``. For int4
 that is "low nibble first": byte ``i`` holds value ``2i`` in bits 0-3 and value ``2i + 1`` in
 bits 4-7. ``n`` values of ``bits`` bits take exactly ``ceil(n * bits / 8)`` bytes.
