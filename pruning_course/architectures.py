@@ -140,6 +140,13 @@ def attach_torch_prune_mask(module: nn.Module, mask: torch.Tensor) -> None:
     torch_prune.custom_from_mask(module, "weight", storage_mask.to(module.weight.device))
 
 
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in place of the submodule at the dotted path ``name`` (e.g. a masked, packed
+    or CSR version of a linear layer)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def _get(root: nn.Module, dotted: str) -> nn.Module | None:
     module = root
     for part in dotted.split("."):

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .architectures import PRUNABLE_KINDS, ArchitectureAdapter, is_prunable_linear, weight_matrix
+from .architectures import PRUNABLE_KINDS, ArchitectureAdapter, is_prunable_linear, replace_module, weight_matrix
 from .masks import num_to_prune, validate_sparsity
 
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
@@ -328,9 +328,8 @@ def replace_linears_with_csr(model: nn.Module, adapter: ArchitectureAdapter) -> 
     """Swap every prunable linear of ``model`` (in place) for a :class:`CSRLinear`; return the new modules."""
     replaced = {}
     for name, module in adapter.named_linears(model).items():
-        parent_name, _, child = name.rpartition(".")
         csr_module = CSRLinear.from_linear(module)
-        setattr(model.get_submodule(parent_name), child, csr_module)
+        replace_module(model, name, csr_module)
         replaced[name] = csr_module
     return replaced
 

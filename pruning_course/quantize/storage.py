@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, adapter_for, stores_transposed, weight_matrix
+from ..architectures import ArchitectureAdapter, adapter_for, replace_module, stores_transposed, weight_matrix
 from ..masks import parse_pattern
 from ..model_files import check_safetensors, writing
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
@@ -317,11 +317,6 @@ def read_metadata(path: str | Path) -> dict:
     return json.loads(raw)
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 @torch.no_grad()
 def load_compressed(
     path: str | Path,
@@ -381,7 +376,7 @@ def load_compressed(
         if packed:
             bias = stored.pop(f"{name}.bias", None)
             parts = {suffix: tensor.clone() for suffix, tensor in parts.items()}  # own memory, not the file's pages
-            _set_module(model, name, PackedLinear(layer, parts, None if bias is None else bias.to(dtype).clone()))
+            replace_module(model, name, PackedLinear(layer, parts, None if bias is None else bias.to(dtype).clone()))
             continue
         weight = decode_weight(layer, parts)
         weight = weight.t() if layer["conv1d"] else weight

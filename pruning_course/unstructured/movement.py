@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architectures import (
-    PRUNABLE_KINDS, ArchitectureAdapter, apply_mask, is_prunable_linear, weight_matrix, weight_with_grad,
+    PRUNABLE_KINDS, ArchitectureAdapter, apply_mask, is_prunable_linear, replace_module, weight_matrix,
+    weight_with_grad,
 )
 from ..masks import num_to_prune, validate_sparsity
 
@@ -412,11 +413,6 @@ def select_linears(
     return names
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def mask_model(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -453,7 +449,7 @@ def mask_model(
     wrapped = {}
     for name in names:
         wrapped[name] = MaskedLinear(available[name], method=method, score_init=score_init)
-        _set_module(model, name, wrapped[name])
+        replace_module(model, name, wrapped[name])
     return wrapped
 
 
@@ -479,7 +475,7 @@ def fold_masks(model: nn.Module, sparsity: float | None = None, scope: str = "ma
         masks = {name: module.keep_mask(sparsity) for name, module in layers.items()}
     for name, module in layers.items():
         apply_mask(module.linear, masks[name])
-        _set_module(model, name, module.linear)
+        replace_module(model, name, module.linear)
     return masks
 
 
