@@ -157,13 +157,52 @@ def _get(root: nn.Module, dotted: str) -> nn.Module | None:
 
 
 @dataclass(frozen=True)
+class BlockLayout:
+    """Where one family keeps its attention projections and MLP layers inside a decoder block.
+
+    ``attention``: the attention module, relative to the block. ``q``, ``k``, ``v``: separate
+    projections (relative to the attention module), or ``qkv``: one fused projection whose outputs are
+    ``[queries | keys | values]`` (GPT-2's ``c_attn``). ``o``: the output projection. ``mlp_in``: the
+    layers whose output rows are the intermediate neurons; ``mlp_out``: the layer whose input columns
+    read them (relative to the block). ``mlp``: the module holding an ``intermediate_size`` attribute,
+    if any.
+    """
+
+    attention: str
+    o: str
+    mlp_in: tuple[str, ...]
+    mlp_out: str
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None
+    mlp: str | None = None
+
+    @property
+    def mlp_linears(self) -> tuple[str, ...]:
+        """Every MLP linear of the block (block-relative names), inputs first."""
+        return (*self.mlp_in, self.mlp_out)
+
+
+LLAMA_LAYOUT = BlockLayout(
+    attention="self_attn", q="q_proj", k="k_proj", v="v_proj", o="o_proj",
+    mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj", mlp="mlp",
+)
+GPT2_LAYOUT = BlockLayout(attention="attn", qkv="c_attn", o="c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj")
+OPT_LAYOUT = BlockLayout(
+    attention="self_attn", q="q_proj", k="k_proj", v="v_proj", o="out_proj", mlp_in=("fc1",), mlp_out="fc2",
+)
+
+
+@dataclass(frozen=True)
 class ArchitectureAdapter:
     """Where one family keeps its decoder blocks and the modules that run before them.
 
     ``blocks_path``: dotted path of the ``nn.ModuleList`` of decoder blocks.
     ``pre_block_paths``: modules that run before block 0 (embeddings, positions, rotary tables);
     the calibration engine moves them to the calibration device to capture block-0 inputs.
-    ``embedding_paths`` / ``head_path``: never pruned.
+    ``embedding_paths`` / ``head_path``: never pruned. ``layout``: where attention and MLP live
+    inside a block (structured pruning and the MLP-only fine-tuning need it).
     """
 
     family: str
@@ -171,6 +210,7 @@ class ArchitectureAdapter:
     pre_block_paths: tuple[str, ...]
     embedding_paths: tuple[str, ...]
     head_path: str
+    layout: BlockLayout | None = None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         blocks = _get(model, self.blocks_path)
@@ -207,6 +247,7 @@ LLAMA_LIKE = ArchitectureAdapter(
     pre_block_paths=("model.embed_tokens", "model.rotary_emb"),
     embedding_paths=("model.embed_tokens",),
     head_path="lm_head",
+    layout=LLAMA_LAYOUT,
 )
 GPT2 = ArchitectureAdapter(
     family="gpt2",
@@ -214,6 +255,7 @@ GPT2 = ArchitectureAdapter(
     pre_block_paths=("transformer.wte", "transformer.wpe", "transformer.drop"),
     embedding_paths=("transformer.wte", "transformer.wpe"),
     head_path="lm_head",
+    layout=GPT2_LAYOUT,
 )
 OPT = ArchitectureAdapter(
     family="opt",
@@ -221,7 +263,18 @@ OPT = ArchitectureAdapter(
     pre_block_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.project_in"),
     embedding_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
     head_path="lm_head",
+    layout=OPT_LAYOUT,
 )
+
+def layout_for(adapter: ArchitectureAdapter) -> BlockLayout:
+    """The :class:`BlockLayout` of ``adapter``'s family."""
+    if adapter.layout is None:
+        raise ValueError(
+            f"the block layout of family {adapter.family!r} is not known; give its ArchitectureAdapter a "
+            "BlockLayout in pruning_course.architectures"
+        )
+    return adapter.layout
+
 
 ADAPTERS_BY_MODEL_TYPE = {
     "llama": LLAMA_LIKE,

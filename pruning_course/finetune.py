@@ -33,7 +33,7 @@ from .data import calibration_windows
 from .evaluate import PerplexityResult, eval_windows
 from .unstructured.movement import (
     METHODS,
-    MLP_NAME_PARTS,
+    MLP,
     _check_schedule,
     cubic_sparsity,
     fold_masks,
@@ -62,7 +62,8 @@ class FineTuneConfig:
     and the penalty reach (the paper's method); a value makes ``tau`` follow the cubic sparsity
     schedule instead (see :func:`finetune_prune`), so runs can be compared at equal sparsity.
     ``train_blocks``: how many top decoder blocks are fine-tuned; ``prune``: which of their linears
-    are masked (parts of the block-relative name, ``None`` = all).
+    are masked (``"mlp"``: the MLP's, as the adapter's layout names them; a tuple: parts of the
+    block-relative name; ``None``: all).
     ``warmup_steps`` / ``cooldown_steps``: dense steps before pruning starts / steps at the final
     sparsity at the end (also the LR warm-up). ``soft_threshold`` / ``soft_lambda``: final ``tau`` on
     ``sigmoid(S)`` and final L1 weight. ``eval_windows``: validation windows of ``seqlen`` tokens.
@@ -71,7 +72,7 @@ class FineTuneConfig:
     method: str | None = "hard"
     sparsity: float | None = 0.5
     train_blocks: int = 2
-    prune: tuple[str, ...] | None = MLP_NAME_PARTS
+    prune: tuple[str, ...] | str | None = MLP
     steps: int = 100
     batch_size: int = 4
     seqlen: int = 128
@@ -327,7 +328,8 @@ def load_checkpoint(directory: Path, config: FineTuneConfig) -> dict | None:
         return None
     state = torch.load(path, weights_only=False)
     saved = state["config"]
-    saved["prune"] = tuple(saved["prune"]) if saved["prune"] is not None else None
+    if isinstance(saved["prune"], list):
+        saved["prune"] = tuple(saved["prune"])
     if saved != asdict(config):
         changed = sorted(k for k in saved if saved[k] != asdict(config).get(k))
         raise ValueError(

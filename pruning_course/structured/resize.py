@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, adapter_for, features, slice_linear
+from ..architectures import ArchitectureAdapter, adapter_for, features, layout_for, slice_linear
 
 __all__ = [
     "BlockLayout",
@@ -68,52 +68,6 @@ __all__ = [
 ]
 
 CONFIG_FIELD = "structured_pruning"
-
-
-@dataclass(frozen=True)
-class BlockLayout:
-    """Where one family keeps its attention projections and MLP layers inside a decoder block.
-
-    ``attention``: the attention module, relative to the block. ``q``, ``k``, ``v``: separate
-    projections (relative to the attention module), or ``qkv``: one fused projection whose outputs are
-    ``[queries | keys | values]`` (GPT-2's ``c_attn``). ``o``: the output projection. ``mlp_in``: the
-    layers whose output rows are the intermediate neurons; ``mlp_out``: the layer whose input columns
-    read them (relative to the block). ``mlp``: the module holding an ``intermediate_size`` attribute,
-    if any.
-    """
-
-    attention: str
-    o: str
-    mlp_in: tuple[str, ...]
-    mlp_out: str
-    q: str | None = None
-    k: str | None = None
-    v: str | None = None
-    qkv: str | None = None
-    mlp: str | None = None
-
-
-LAYOUTS = {
-    "llama": BlockLayout(
-        attention="self_attn", q="q_proj", k="k_proj", v="v_proj", o="o_proj",
-        mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj", mlp="mlp",
-    ),
-    "gpt2": BlockLayout(attention="attn", qkv="c_attn", o="c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj"),
-    "opt": BlockLayout(
-        attention="self_attn", q="q_proj", k="k_proj", v="v_proj", o="out_proj", mlp_in=("fc1",), mlp_out="fc2",
-    ),
-}
-
-
-def layout_for(adapter: ArchitectureAdapter) -> BlockLayout:
-    """The :class:`BlockLayout` of ``adapter.family``."""
-    layout = LAYOUTS.get(adapter.family)
-    if layout is None:
-        raise ValueError(
-            f"structured pruning does not know the block layout of family {adapter.family!r}; "
-            f"known: {', '.join(sorted(LAYOUTS))}. Add a BlockLayout to pruning_course.structured.resize.LAYOUTS."
-        )
-    return layout
 
 
 # ---------------------------------------------------------------------------------------------

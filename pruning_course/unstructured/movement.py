@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architectures import (
-    PRUNABLE_KINDS, ArchitectureAdapter, apply_mask, is_prunable_linear, replace_module, weight_matrix,
+    PRUNABLE_KINDS, ArchitectureAdapter, apply_mask, is_prunable_linear, layout_for, replace_module, weight_matrix,
     weight_with_grad,
 )
 from ..masks import num_to_prune, validate_sparsity
@@ -50,9 +50,9 @@ METHODS = ("hard", "soft", "magnitude")
 # In Sanh et al.'s soft movement code the threshold binarizer never keeps fewer than 0.5% of a matrix.
 MIN_KEEP_FRACTION = 0.005
 
-# Names (relative to a decoder block) of the MLP linears: Llama ``mlp.gate_proj/up_proj/down_proj``,
-# GPT-2 ``mlp.c_fc/c_proj``, OPT ``fc1/fc2``.
-MLP_NAME_PARTS = ("mlp.", "fc1", "fc2")
+# ``select_linears(..., name_parts=MLP)``: the block's MLP linears, as its adapter's layout names them
+# (Llama ``mlp.gate_proj/up_proj/down_proj``, GPT-2 ``mlp.c_fc/c_proj``, OPT ``fc1/fc2``).
+MLP = "mlp"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,23 +390,25 @@ def select_linears(
     model: nn.Module,
     adapter: ArchitectureAdapter,
     blocks: Iterable[int] | None = None,
-    name_parts: Iterable[str] | None = MLP_NAME_PARTS,
+    name_parts: Iterable[str] | str | None = MLP,
 ) -> list[str]:
     """Full names of the prunable linears in decoder ``blocks`` whose block-relative name contains one of ``name_parts``.
 
     ``blocks=None``: every block (negative indices count from the top, ``[-2, -1]``: the last two);
-    ``name_parts=None``: every linear of those blocks. The default ``name_parts`` selects the MLP.
+    ``name_parts=None``: every linear of those blocks; the default, :data:`MLP`: the block's MLP
+    linears (from the adapter's layout).
     """
     all_blocks = adapter.blocks(model)
     n = len(all_blocks)
     indices = range(n) if blocks is None else [b + n if b < 0 else b for b in blocks]
-    parts = None if name_parts is None else tuple(name_parts)
+    mlp = set(layout_for(adapter).mlp_linears) if name_parts == MLP else None
+    parts = None if name_parts is None or mlp is not None else tuple(name_parts)
     names = []
     for index in indices:
         if not 0 <= index < n:
             raise ValueError(f"block index {index} is out of range: the model has {n} decoder blocks")
         for name in adapter.linears(all_blocks[index]):
-            if parts is None or any(p in name for p in parts):
+            if (name in mlp) if mlp is not None else (parts is None or any(p in name for p in parts)):
                 names.append(f"{adapter.blocks_path}.{index}.{name}")
     if not names:
         raise ValueError(f"no prunable linear matches {parts} in blocks {list(indices)}")
