@@ -50,7 +50,8 @@ from typing import NamedTuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from pruning_course.architectures import ArchitectureAdapter, adapter_for, tiny_model
+from pruning_course.architectures import ArchitectureAdapter, adapter_for
+from pruning_course.testing import tiny_model
 from pruning_course.model_files import check_model_dir, transformers_progress_bars
 from pruning_course.settings import cache_dir
 

@@ -16,7 +16,8 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(SESSION_TMP / TORCH_CACHE))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pruning_course.architectures import TINY_FAMILIES, adapter_for, tiny_model, tiny_tokenizer  # noqa: E402
+from pruning_course.architectures import adapter_for  # noqa: E402
+from pruning_course.testing import TINY_FAMILIES, tiny_model, tiny_tokenizer  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*must be `None` or an integer within the vocabulary.*")
 

@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from pruning_course import curation
-from pruning_course.architectures import tiny_model, tiny_tokenizer
+from pruning_course.testing import tiny_model, tiny_tokenizer
 
 ENGLISH = "The quick brown fox jumps over the lazy dog while the farmer watches from the window of his house."
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund, während der Bauer aus dem Fenster schaut."

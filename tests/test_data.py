@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pruning_course import data
-from pruning_course.architectures import tiny_tokenizer
+from pruning_course.testing import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_wiki_sample_token_counts_with_smollm2():
 
 def test_token_splits_are_cached_per_tokenizer(monkeypatch, tmp_path):
     import pruning_course.data as data
-    from pruning_course.architectures import tiny_tokenizer
+    from pruning_course.testing import tiny_tokenizer
 
     monkeypatch.setenv("PRUNING_COURSE_CACHE", str(tmp_path))
     small = {"train": "alpha beta gamma " * 50, "validation": "delta " * 20, "test": "epsilon zeta " * 30}

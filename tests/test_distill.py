@@ -122,7 +122,8 @@ def test_distillation_lowers_kl_and_keeps_zeros(tiny):
 
 
 def test_distill_trains_only_the_linears_by_default(tokenizer):
-    from pruning_course.architectures import adapter_for, tiny_model
+    from pruning_course.architectures import adapter_for
+    from pruning_course.testing import tiny_model
 
     teacher, _ = tiny_model("llama", seed=0, tokenizer=tokenizer)
     adapter = adapter_for(teacher)
@@ -140,7 +141,8 @@ def test_distill_trains_only_the_linears_by_default(tokenizer):
 
 
 def test_without_masks_pruned_weights_regrow(tokenizer):
-    from pruning_course.architectures import adapter_for, tiny_model
+    from pruning_course.architectures import adapter_for
+    from pruning_course.testing import tiny_model
 
     teacher, _ = tiny_model("llama", seed=0, tokenizer=tokenizer)
     adapter = adapter_for(teacher)
@@ -153,7 +155,7 @@ def test_without_masks_pruned_weights_regrow(tokenizer):
 
 
 def test_distill_rejects_bad_input(tokenizer):
-    from pruning_course.architectures import tiny_model
+    from pruning_course.testing import tiny_model
 
     teacher, _ = tiny_model("llama", seed=0, tokenizer=tokenizer)
     student = copy.deepcopy(teacher)
@@ -174,7 +176,7 @@ def test_distill_rejects_bad_input(tokenizer):
         distill(student, teacher, ids, steps=1, seqlen=8, trainable="embeddings", progress=False)
     with pytest.raises(ValueError, match="alpha"):
         distill(student, teacher, ids, alpha=2.0)
-    from pruning_course.architectures import tiny_config
+    from pruning_course.testing import tiny_config
     from transformers import AutoModelForCausalLM
 
     wrong_vocab = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=len(tokenizer) + 5))

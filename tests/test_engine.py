@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn.utils import prune as torch_prune
 
-from pruning_course.architectures import adapter_for, tiny_model, weight_matrix
+from pruning_course.architectures import adapter_for, weight_matrix
+from pruning_course.testing import tiny_model
 from pruning_course.calibration import InputHessian, SquaredInputNorm, capture_block_inputs, run_blockwise
 from pruning_course.evaluate import perplexity, sparsity_report
 from pruning_course.architectures import apply_mask

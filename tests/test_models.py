@@ -18,7 +18,7 @@ import torch
 from gguf import GGUFWriter
 
 from pruning_course import models
-from pruning_course.architectures import tiny_model
+from pruning_course.testing import tiny_model
 from pruning_course.models import (
     EmbeddedModel,
     LoadedModel,

@@ -6,7 +6,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from pruning_course.architectures import adapter_for, tiny_model, weight_matrix
+from pruning_course.architectures import adapter_for, weight_matrix
+from pruning_course.testing import tiny_model
 from pruning_course.evaluate import perplexity
 from pruning_course.finetune import FineTuneConfig, cached_perplexity, finetune_prune, prepare_data
 from pruning_course.masks import num_to_prune, per_matrix_mask

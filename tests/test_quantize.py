@@ -7,7 +7,8 @@ import struct
 import pytest
 import torch
 
-from pruning_course.architectures import adapter_for, tiny_model, weight_matrix
+from pruning_course.architectures import adapter_for, weight_matrix
+from pruning_course.testing import tiny_model
 from pruning_course.masks import is_nm_sparse, nm_mask
 from pruning_course.methods import prune_model
 from pruning_course.quantize import (

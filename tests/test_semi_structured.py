@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_course.architectures import adapter_for, tiny_model
+from pruning_course.architectures import adapter_for
+from pruning_course.testing import tiny_model
 from pruning_course.masks import is_nm_sparse, nm_mask
 from pruning_course.semi_structured import (
     CompressedNM,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pruning_course.architectures import tiny_model
+from pruning_course.testing import tiny_model
 from pruning_course.evaluate import measure_speed
 
 

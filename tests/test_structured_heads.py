@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from pruning_course.architectures import adapter_for, tiny_config, weight_matrix
+from pruning_course.architectures import adapter_for, weight_matrix
+from pruning_course.testing import tiny_config
 from pruning_course.structured.heads import (
     choose_heads_to_remove,
     head_importance,

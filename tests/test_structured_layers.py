@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from pruning_course.architectures import TINY_FAMILIES, adapter_for, tiny_config
+from pruning_course.architectures import adapter_for
+from pruning_course.testing import TINY_FAMILIES, tiny_config
 from pruning_course.evaluate import perplexity
 from pruning_course.structured import (
     angular_distances,

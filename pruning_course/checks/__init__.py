@@ -128,7 +128,7 @@ def tiny_random_model(family: str, num_blocks: int, seed: int) -> torch.nn.Modul
     """A tiny random model of ``family`` (see ``tiny_config``) with ``num_blocks`` decoder blocks, vocabulary 384."""
     from transformers import AutoModelForCausalLM
 
-    from ..architectures import tiny_config
+    from ..testing import tiny_config
 
     config = tiny_config(family, vocab_size=384)
     config.num_hidden_layers = num_blocks

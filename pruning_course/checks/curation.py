@@ -711,7 +711,7 @@ def check_pack_batch(pack_batch: Callable) -> None:
     ``{"text": [...]}`` batches, alone and as a batched ``Dataset.map``, against :func:`curation.tokenize_and_pack`."""
     import functools
 
-    from ..architectures import tiny_tokenizer
+    from ..testing import tiny_tokenizer
 
     name = "pack_batch"
     tokenizer = tiny_tokenizer()

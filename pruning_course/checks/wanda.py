@@ -160,7 +160,7 @@ def _tiny_llama(seed: int) -> nn.Module:
     """The course's tiny random Llama (2 blocks, width 64), without touching the global RNG."""
     from transformers import AutoModelForCausalLM
 
-    from ..architectures import tiny_config
+    from ..testing import tiny_config
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -19,16 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from pruning_course.architectures import (
-    TINY_FAMILIES,
-    TRANSPOSED_LINEAR,
-    as_stored,
-    stores_transposed,
-    adapter_for,
-    tiny_config,
-    tiny_model,
-    tiny_tokenizer,
-)
+from pruning_course.architectures import TRANSPOSED_LINEAR, as_stored, stores_transposed, adapter_for
+from pruning_course.testing import TINY_FAMILIES, tiny_config, tiny_model, tiny_tokenizer
 from pruning_course.inventory import PARAMETER_ROLES, parameter_counts
 from pruning_course.masks import num_to_prune, per_matrix_mask, per_row_mask
 from pruning_course.unstructured import magnitude_mask
