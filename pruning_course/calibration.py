@@ -108,12 +108,19 @@ def capture_block_inputs(
     adapter: ArchitectureAdapter,
     windows: torch.Tensor,
     *,
+    block: int = 0,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
-    """Run ``windows`` through the embeddings only; return each batch's block-0 (hidden, kwargs)."""
-    first_block = adapter.blocks(model)[0]
-    pre_modules = adapter.pre_block_modules(model)
+    """Run ``windows`` through the model up to decoder block ``block`` (for block 0: the embeddings
+    only) on ``device``; return each batch's (hidden states, keyword arguments) entering that block.
+
+    The forward pass is stopped at the block, so nothing above it runs; the modules below it are
+    moved to ``device`` for the pass and back afterwards."""
+    blocks = adapter.blocks(model)
+    first_block = blocks[block]
+    pre_modules = adapter.pre_block_modules(model) + list(blocks[:block])
     home = next(model.parameters()).device
     for module in pre_modules:
         module.to(device)
@@ -131,7 +138,8 @@ def capture_block_inputs(
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for batch in windows.split(batch_size):
+        batches = windows.split(batch_size)
+        for batch in tqdm(batches, desc=f"inputs of block {block}", unit="batch", disable=not progress):
             try:
                 model(input_ids=batch.to(device), use_cache=False)
             except _BlockInputsCaptured:

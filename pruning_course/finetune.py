@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
+from .calibration import capture_block_inputs
 from .data import calibration_windows
 from .evaluate import PerplexityResult, eval_windows
 from .unstructured.movement import (
@@ -158,36 +159,20 @@ class FineTuneResult:
 # ---------------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    pass
-
-
-@torch.no_grad()
 def cache_block_inputs(
     model: nn.Module, adapter: ArchitectureAdapter, windows: torch.Tensor, block: int,
     *, batch_size: int = 8, progress: bool = True,
 ) -> torch.Tensor:
-    """Hidden states entering decoder block ``block`` for each window: an ``(n, seqlen, hidden)`` tensor."""
-    captured = []
-
-    def hook(_module, args, kwargs):
-        captured.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
-        raise _StopForward
-
+    """Hidden states entering decoder block ``block`` for each window: an ``(n, seqlen, hidden)`` tensor
+    (the calibration engine's :func:`~pruning_course.calibration.capture_block_inputs`, in eval mode)."""
     was_training = model.training
     model.eval()
-    handle = adapter.blocks(model)[block].register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
     try:
-        for batch in tqdm(windows.split(batch_size), desc=f"caching inputs of block {block}", unit="batch", disable=not progress):
-            try:
-                model(input_ids=batch.to(device), use_cache=False)
-            except _StopForward:
-                pass
+        captured = capture_block_inputs(model, adapter, windows, block=block, batch_size=batch_size,
+                                        device=next(model.parameters()).device, progress=progress)
     finally:
-        handle.remove()
         model.train(was_training)
-    return torch.cat(captured)
+    return torch.cat([hidden.detach().clone() for hidden, _ in captured])
 
 
 class _Replay(nn.Module):

@@ -70,10 +70,16 @@ def angular_distance(x_in: torch.Tensor, x_out: torch.Tensor, last_token_only: b
     over the hidden dimension of every token, in float64 and clamped to ``[-1, 1]``.
     ``last_token_only`` keeps only the last position of each sequence (the paper's choice).
     """
+    return float((torch.arccos(token_cosines(x_in, x_out, last_token_only)) / math.pi).mean())
+
+
+def token_cosines(x_in: torch.Tensor, x_out: torch.Tensor, last_token_only: bool = False) -> torch.Tensor:
+    """Cosine similarity of ``x_in`` and ``x_out`` (``(batch, seq, hidden)``) for every token, over the
+    hidden dimension, in float64 and clamped to ``[-1, 1]``: the quantity both the angular distance
+    (Gromov et al., Eq. 7) and Block Influence (Men et al., Eq. 1) average."""
     if last_token_only:
         x_in, x_out = x_in[:, -1], x_out[:, -1]
-    cos = F.cosine_similarity(x_in.detach().double(), x_out.detach().double(), dim=-1).clamp(-1.0, 1.0)
-    return float((torch.arccos(cos) / math.pi).mean())
+    return F.cosine_similarity(x_in.detach().double(), x_out.detach().double(), dim=-1).clamp(-1.0, 1.0)
 
 
 @torch.no_grad()
@@ -107,10 +113,7 @@ def _boundary_scores(
         boundaries.append(outputs)
         if len(boundaries) == n + 1:  # boundaries[0] enters block index + 1 - n, boundaries[-1] leaves block index
             for x_in, x_out in zip(boundaries[0], boundaries[-1]):
-                if last_token_only:
-                    x_in, x_out = x_in[:, -1], x_out[:, -1]
-                cos = F.cosine_similarity(x_in.double(), x_out.double(), dim=-1).clamp(-1.0, 1.0)
-                totals[index + 1 - n] += per_token(cos).sum().cpu()
+                totals[index + 1 - n] += per_token(token_cosines(x_in, x_out, last_token_only)).sum().cpu()
 
     run_blockwise(
         model, adapter, windows, lambda *_: None, statistic=None, batch_size=batch_size, device=device,
