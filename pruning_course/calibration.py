@@ -83,6 +83,14 @@ class InputHessian(InputStatistic):
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
+def layer_hessian(x: torch.Tensor) -> torch.Tensor:
+    """``H = 2/n X^T X`` for one layer's inputs ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``:
+    what :class:`InputHessian` accumulates during calibration, for inputs already at hand (float32)."""
+    stat = InputHessian(nn.Linear(x.shape[-1], 1, bias=False, device=x.device))
+    stat.add(x.detach())
+    return stat.value
+
+
 class _BlockInputsCaptured(Exception):
     """Raised by the capture hook to stop the forward pass at the first decoder block."""
 

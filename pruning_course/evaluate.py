@@ -187,16 +187,30 @@ class SpeedResult:
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
-def _median_seconds(fn, repeats: int, warmup: int, clock: str = "wall") -> float:
+def interleaved_median_ms(fns, warmup: int = 3, repeats: int = 20, clock: str = "wall") -> list[float]:
+    """Median milliseconds of each of ``fns``, timed in turns (``f0, f1, f0, f1, ...``) after
+    ``warmup`` untimed rounds: the course's one timing loop on the CPU.
+
+    On a shared machine the load changes over time; taking turns exposes every contender to the
+    same load, so their *ratio* is far more stable than when each is timed in its own block, and
+    the median (not the mean) keeps one interruption from moving the result. ``clock``: ``"wall"``
+    (elapsed) or ``"process"`` (this process's CPU seconds, see :func:`measure_speed`).
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     now = CLOCKS[clock]
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = now()
-        fn()
-        times.append(now() - start)
-    return statistics.median(times)
+        for fn, record in zip(fns, times):
+            start = now()
+            fn()
+            record.append(now() - start)
+    return [statistics.median(record) * 1e3 for record in times]
 
 
 @torch.no_grad()
@@ -251,8 +265,8 @@ def measure_speed(
             do_sample=False, pad_token_id=0, eos_token_id=None,
         )
 
-    prefill_seconds = _median_seconds(prefill, repeats, warmup, clock)
-    generate_seconds = _median_seconds(generate, repeats, warmup, clock)
+    prefill_seconds = interleaved_median_ms([prefill], warmup, repeats, clock)[0] / 1e3
+    generate_seconds = interleaved_median_ms([generate], warmup, repeats, clock)[0] / 1e3
     model.train(was_training)
     return SpeedResult(
         batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens, prefill_seconds=prefill_seconds,

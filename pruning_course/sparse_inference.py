@@ -33,15 +33,14 @@ runs no faster on a CPU.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .architectures import PRUNABLE_KINDS, ArchitectureAdapter, is_prunable_linear, replace_module, weight_matrix
+from .evaluate import interleaved_median_ms
 from .masks import num_to_prune, validate_sparsity
 
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
@@ -141,28 +140,8 @@ def csr_memory_break_even(
 
 
 # ---------------------------------------------------------------------------------------------
-# Timing one weight
+# Timing one weight (timed in turns with evaluate.interleaved_median_ms)
 # ---------------------------------------------------------------------------------------------
-
-
-def interleaved_median_ms(fns: Sequence[Callable[[], object]], warmup: int = 3, repeats: int = 20) -> list[float]:
-    """Median milliseconds of each of ``fns``, timed in turns (``f0, f1, f0, f1, ...``).
-
-    On a shared machine the load changes over time; taking turns exposes every contender to the
-    same load, so their *ratio* is far more stable than when each is timed in its own block.
-    """
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, record in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) * 1e3 for record in times]
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

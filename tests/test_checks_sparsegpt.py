@@ -12,13 +12,16 @@ from pruning_course.checks.sparsegpt import (
     check_obs_remove_weight,
     check_obs_saliency,
     check_relative_reconstruction_error,
-    layer_hessian,
-    obs_remove_weight,
-    obs_saliency,
-    relative_reconstruction_error,
 )
+from pruning_course.calibration import layer_hessian
+from pruning_course.evaluate import relative_output_error
 from pruning_course.unstructured import sparsegpt_prune
-from pruning_course.unstructured.sparsegpt import inverse_hessian_factor
+from pruning_course.unstructured.sparsegpt import inverse_hessian_factor, obs_remove_weight, obs_saliency
+
+
+def relative_reconstruction_error(weight, new_weight, x):
+    """Notebook 02's signature for the package's relative_output_error (the check's reference)."""
+    return relative_output_error(x, weight, new_weight)
 
 from check_support import fails_with, not_implemented
 

@@ -14,8 +14,8 @@ from pruning_course.checks.wanda import (
     check_relative_output_error,
     check_wanda_mask,
     check_wanda_scores,
-    relative_output_error,
 )
+from pruning_course.evaluate import relative_output_error
 from pruning_course.masks import nm_mask, num_to_prune, per_matrix_mask, per_row_mask
 from pruning_course.unstructured import wanda_scores
 

@@ -30,41 +30,18 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from ..calibration import InputHessian
+from ..calibration import layer_hessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
 from . import CheckFailed, call, close_to, expect_tensor, fail, generator, passed, scale_factor
 
 __all__ = [
-    "layer_hessian",
-    "obs_remove_weight",
-    "obs_saliency",
-    "relative_reconstruction_error",
     "check_layer_hessian",
     "check_obs_remove_weight",
     "check_obs_saliency",
     "check_relative_reconstruction_error",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# reference implementations
-# ---------------------------------------------------------------------------------------------
-
-
-def layer_hessian(x: torch.Tensor) -> torch.Tensor:
-    """``H = 2/n X^T X`` for inputs ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``, via the
-    package's :class:`~pruning_course.calibration.InputHessian` (float32)."""
-    stat = InputHessian(nn.Linear(x.shape[-1], 1, bias=False))
-    stat.add(x.detach())
-    return stat.value
-
-
-def relative_reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor, x: torch.Tensor) -> float:
-    """The exercise's signature for :func:`pruning_course.evaluate.relative_output_error`."""
-    return relative_output_error(x, weight, new_weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +318,7 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         for before, after, what in zip((weight, new_weight, x), args, ("weight", "new_weight", "x")):
             _unchanged(before, after, what, name, where)
         result = _number(result, where, name)
-        reference = relative_reconstruction_error(weight, new_weight, x)
+        reference = relative_output_error(x, weight, new_weight)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
         xd = x.reshape(-1, in_f).double()

@@ -39,7 +39,6 @@ __all__ = [
     "check_wanda_mask",
     "check_relative_output_error",
     "check_nm_mask",
-    "relative_output_error",
 ]
 
 

@@ -51,10 +51,7 @@ from torch import nn
 from ..architectures import ArchitectureAdapter, adapter_for, features, layout_for, slice_linear
 
 __all__ = [
-    "BlockLayout",
     "AttentionShape",
-    "layout_for",
-    "slice_linear",
     "head_rows",
     "attention_shape",
     "attention_shapes",
