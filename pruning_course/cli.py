@@ -146,48 +146,16 @@ def _evaluate(model, adapter, test_ids, args, device) -> dict:
     return {"ppl": result.ppl, "seqlen": result.seqlen, "eval_tokens": result.eval_tokens, "eval_windows": result.windows}
 
 
+def _measure_options(args, device) -> dict:
+    return {"seqlen": args.seqlen, "max_eval_windows": args.max_eval_windows, "batch_size": args.batch_size,
+            "device": device, "progress": not args.quiet}
+
+
 def _write_json(path: Path | None, payload) -> None:
     if path is None:
         return
     with writing(path) as partial:
         partial.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device, owl=None) -> dict:
-    """Prune in place with one method and measure it; returns the result record.
-
-    ``owl = (M, lambda)`` prunes at OWL's layer-wise sparsities (mean ``sparsity``) instead of a
-    uniform one. The peak-memory record is reset first, so ``peak_rss_mb()`` read after evaluation
-    covers pruning and evaluation (with the model itself resident).
-    """
-    from .evaluate import reset_peak_rss, sparsity_report
-    from .masks import resolve_target
-    from .methods import needs_calibration, prune_model
-    from .unstructured import prune_owl
-
-    target, nm = resolve_target(sparsity, pattern)
-    reset_peak_rss()
-    start = time.perf_counter()
-    owl_result = None
-    if method != "dense":
-        options = {"batch_size": args.batch_size, "device": device, "progress": not args.quiet}
-        if owl is not None:
-            owl_result = prune_owl(model, adapter, windows, target, method, M=owl[0], lam=owl[1], **options)
-        else:
-            prune_model(model, adapter, method, target, nm, windows=windows, **options)
-    prune_seconds = time.perf_counter() - start
-    record = {
-        "method": method,
-        "pattern": "dense" if method == "dense" else (f"{nm[0]}:{nm[1]}" if nm else "unstructured"),
-        "target_sparsity": 0.0 if method == "dense" else target,
-        "sparsity": sparsity_report(model, adapter)["sparsity"],
-        "calib_samples": len(windows) if windows is not None and method != "dense" and needs_calibration(method) else 0,
-        "prune_seconds": round(prune_seconds, 3),
-    }
-    if owl_result is not None:
-        record.update(owl_m=owl[0], owl_lambda=owl[1], outlier_ratios=owl_result.outlier_ratios.tolist(),
-                      block_sparsities=owl_result.sparsities.tolist())
-    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,10 +165,9 @@ def _prune_once(model, adapter, method, sparsity, pattern, windows, args, device
 
 def cmd_prune(args) -> int:
     from .data import calibration_windows
-    from .evaluate import peak_rss_mb
+    from .evaluate import prune_and_measure
     from .masks import resolve_target
     from .methods import check_method, needs_calibration
-
     from .unstructured.owl import owl_sparsities
 
     check_method(args.method)
@@ -218,11 +185,11 @@ def cmd_prune(args) -> int:
     windows = None
     if needs_calibration(args.method) or owl:
         windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
-    record = _prune_once(model, adapter, args.method, args.sparsity, args.pattern, windows, args, device, owl)
+    record = prune_and_measure(
+        model, adapter, args.method, args.sparsity, args.pattern, windows, owl=owl,
+        test_ids=splits["test"] if args.eval else None, **_measure_options(args, device),
+    )
     record.update(model=args.model, dataset=args.dataset, seed=args.seed, seqlen=args.seqlen)
-    if args.eval:
-        record.update(_evaluate(model, adapter, splits["test"], args, device))
-    record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(_format_table([record]), flush=True)  # the result is out before anything can fail to save
     _write_json(args.json_out, record)
     if args.save:
@@ -248,21 +215,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _default_group_size(model, adapter) -> int:
-    """GPTQ's usual 128 if it divides every input width, else the largest of 64, 32 that does, else one group per row."""
-    from .architectures import weight_matrix
-
-    widths = {weight_matrix(m).shape[1] for m in adapter.named_linears(model).values()}
-    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), -1)
-
-
 def cmd_quantize(args) -> int:
     """Optionally prune, then quantize (RTN or GPTQ) every prunable linear; evaluate; save a real compressed file."""
     from .data import calibration_windows
     from .evaluate import peak_rss_mb, sparsity_report
     from .masks import resolve_target
     from .methods import check_method, check_pattern_fits, needs_calibration, prune_model
-    from .quantize import check_group_fits, quantize_model, save_compressed
+    from .quantize import check_group_fits, default_group_size, quantize_model, save_compressed
     from .quantize.rtn import check_bits
 
     check_bits(args.bits)  # fail on bad input before loading anything
@@ -283,7 +242,7 @@ def cmd_quantize(args) -> int:
 
     (model, tokenizer, adapter), device = _load(args)
     if args.group_size is None:
-        args.group_size = _default_group_size(model, adapter)
+        args.group_size = default_group_size(model, adapter)
     check_group_fits(model, adapter, args.group_size)
     if nm:
         check_pattern_fits(model, adapter, nm)
@@ -328,9 +287,8 @@ def cmd_compare(args) -> int:
     import torch
 
     from .data import calibration_windows
-    from .evaluate import peak_rss_mb
+    from .evaluate import prune_and_measure
     from .masks import parse_pattern
-
     from .methods import REGISTRY
 
     methods = args.methods.split(",")
@@ -353,9 +311,8 @@ def cmd_compare(args) -> int:
     for method, pattern in runs:
         model.load_state_dict(dense_state)
         sparsity = None if pattern not in (None, "unstructured") else args.sparsity
-        record = _prune_once(model, adapter, method, sparsity, None if pattern == "unstructured" else pattern, windows, args, device)
-        record.update(_evaluate(model, adapter, splits["test"], args, device))
-        record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        record = prune_and_measure(model, adapter, method, sparsity, None if pattern == "unstructured" else pattern,
+                                   windows, test_ids=splits["test"], **_measure_options(args, device))
         records.append(record)
         if not args.quiet:
             print(_format_table([record], header=False), file=sys.stderr)

@@ -272,3 +272,65 @@ def measure_speed(
         batch_size=batch_size, prompt_tokens=prompt_tokens, new_tokens=new_tokens, prefill_seconds=prefill_seconds,
         generate_seconds=generate_seconds, threads=torch.get_num_threads(), peak_rss_mb=peak_rss_mb(), clock=clock,
     )
+
+
+def prune_and_measure(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    method: str,
+    sparsity=None,
+    pattern=None,
+    windows: torch.Tensor | None = None,
+    *,
+    test_ids: torch.Tensor | None = None,
+    seqlen: int = 512,
+    max_eval_windows: int | None = None,
+    owl: tuple[float, float] | None = None,
+    batch_size: int = 4,
+    device=None,
+    progress: bool = False,
+    **options,
+) -> dict:
+    """Prune ``model`` in place with a registered one-shot ``method`` and measure it: the record
+    ``pruning-course prune`` and ``compare`` print and write, for notebooks and benchmarks too.
+
+    ``method="dense"`` prunes nothing (the baseline row). ``owl = (M, lambda)`` prunes at OWL's
+    per-block sparsities with mean ``sparsity`` instead of a uniform one. With ``test_ids`` the
+    record also holds the test perplexity over ``seqlen`` windows (the first ``max_eval_windows``).
+    The peak-memory record is reset first, so ``peak_rss_mb`` covers pruning and evaluation (with
+    the model itself resident). Prune a copy (``copy.deepcopy``) or reload the dense state between
+    calls to compare methods on one model.
+    """
+    from .masks import resolve_target
+    from .methods import needs_calibration, prune_model
+    from .unstructured.owl import prune_owl
+
+    dense = method == "dense"
+    target, nm = (0.0, None) if dense else resolve_target(sparsity, pattern)
+    reset_peak_rss()
+    start = time.perf_counter()
+    owl_result = None
+    if not dense:
+        engine = {"batch_size": batch_size, "device": device, "progress": progress}
+        if owl is not None:
+            owl_result = prune_owl(model, adapter, windows, target, method, M=owl[0], lam=owl[1], **engine, **options)
+        else:
+            prune_model(model, adapter, method, target, nm, windows=windows, **engine, **options)
+    record = {
+        "method": method,
+        "pattern": "dense" if dense else (f"{nm[0]}:{nm[1]}" if nm else "unstructured"),
+        "target_sparsity": target,
+        "sparsity": sparsity_report(model, adapter)["sparsity"],
+        "calib_samples": len(windows) if windows is not None and not dense and needs_calibration(method) else 0,
+        "prune_seconds": round(time.perf_counter() - start, 3),
+    }
+    if owl_result is not None:
+        record.update(owl_m=owl[0], owl_lambda=owl[1], outlier_ratios=owl_result.outlier_ratios.tolist(),
+                      block_sparsities=owl_result.sparsities.tolist())
+    if test_ids is not None:
+        result = perplexity(model, test_ids, seqlen, batch_size=batch_size, max_windows=max_eval_windows,
+                            device=device, progress=progress)
+        record.update(ppl=result.ppl, seqlen=result.seqlen, eval_tokens=result.eval_tokens, eval_windows=result.windows)
+    record["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return record
+

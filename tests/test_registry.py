@@ -95,3 +95,17 @@ def test_register_refuses_a_second_method_of_the_same_name(registered):
     with pytest.raises(ValueError, match="already registered"):
         register(OneShotMethod("wanda-matrix", None, wanda_matrix_layer))
     assert methods.REGISTRY["wanda-matrix"] is WANDA_MATRIX
+
+
+def test_prune_and_measure_is_the_record_the_cli_writes(tiny, windows):
+    from pruning_course.evaluate import prune_and_measure
+
+    model, adapter, _ = tiny
+    test_ids = torch.randint(0, 200, (4 * 32,), generator=torch.Generator().manual_seed(1))
+    dense = prune_and_measure(copy.deepcopy(model), adapter, "dense", test_ids=test_ids, seqlen=32)
+    assert dense["pattern"] == "dense" and dense["target_sparsity"] == 0 and dense["calib_samples"] == 0
+    record = prune_and_measure(copy.deepcopy(model), adapter, "wanda", None, "2:4", windows, test_ids=test_ids, seqlen=32)
+    assert record["pattern"] == "2:4" and record["calib_samples"] == len(windows)
+    assert abs(record["sparsity"] - 0.5) < 0.01 and record["eval_tokens"] == 4 * 32 and record["ppl"] > 0
+    owl = prune_and_measure(copy.deepcopy(model), adapter, "wanda", 0.7, None, windows, owl=(5.0, 0.05))
+    assert len(owl["block_sparsities"]) == 2 and "ppl" not in owl

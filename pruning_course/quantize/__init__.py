@@ -10,14 +10,14 @@
 from ..packing import pack_int, pack_mask, packed_nbytes, unpack_int, unpack_mask
 from .gptq import gptq_quantize
 from .memory import measure_inference_memory
-from .model import QuantizedWeight, check_group_fits, quantize_model
+from .model import QuantizedWeight, check_group_fits, default_group_size, quantize_model
 from .rtn import SUPPORTED_BITS, dequantize, minmax_grid, quantize_rtn
 from .storage import PackedLinear, decode_weight, encode_weight, load_compressed, read_metadata, save_compressed
 
 __all__ = [
     "SUPPORTED_BITS", "quantize_rtn", "dequantize", "minmax_grid",
     "gptq_quantize",
-    "QuantizedWeight", "quantize_model", "check_group_fits",
+    "QuantizedWeight", "quantize_model", "check_group_fits", "default_group_size",
     "pack_int", "unpack_int", "pack_mask", "unpack_mask", "packed_nbytes",
     "encode_weight", "decode_weight", "save_compressed", "load_compressed", "read_metadata", "PackedLinear",
     "measure_inference_memory",

@@ -51,6 +51,13 @@ class QuantizedWeight:
         return dequantize(self.codes, self.scales, self.zeros)
 
 
+def default_group_size(model: nn.Module, adapter: ArchitectureAdapter) -> int:
+    """GPTQ's usual 128 if it divides every input width, else the largest of 64, 32 that does, else
+    one group per row (-1). SmolLM2's widths (576, 1536) give 64."""
+    widths = {weight_matrix(m).shape[1] for m in adapter.named_linears(model).values()}
+    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), -1)
+
+
 def check_group_fits(model: nn.Module, adapter: ArchitectureAdapter, group_size: int) -> None:
     """Fail before any weight changes if ``group_size`` does not divide some layer's input width."""
     if group_size == -1:
