@@ -23,6 +23,18 @@ def fail(message: str) -> None:
     raise CheckFailed(message)
 
 
+def diagnose(variants, matches, where: str | None = None, describe=None) -> None:
+    """Fail with the message of the first known mistake that the learner's answer matches.
+
+    ``variants``: ``(wrong answer, message)`` pairs, the classic mistakes of an exercise, each
+    computed the wrong way on purpose; ``matches(wrong_answer)``: whether the learner's answer is
+    that one. The failure reads ``"{where}: {message}."`` (or ``describe(message)``). Returns
+    when no known mistake matches, so the caller can report the first difference instead."""
+    for variant, message in variants:
+        if matches(variant):
+            fail(describe(message) if describe else (f"{where}: {message}." if where else f"{message}."))
+
+
 def passed(message: str) -> None:
     print(f"\u2713 {message}")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import datasets
 
 from .. import curation
-from . import CheckFailed, call, fail, passed
+from . import CheckFailed, call, diagnose, fail, passed
 
 __all__ = [
     "check_is_section_header",
@@ -139,9 +139,7 @@ def check_is_section_header(is_section_header: Callable) -> None:
          "your function only recognises level-1 headings (the title). WikiText writes deeper headings with more "
          "'= ': \" = = History = = \\n\" (level 2), \" = = = Early years = = = \\n\" (level 3)"),
     ]
-    for variant, message in variants:
-        if answers == variant:
-            fail(f"{message}.")
+    diagnose(variants, lambda variant: answers == variant)
     i = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
     text, why = cases[i]
     fail(f"{name}({text!r}) returned {answers[i]}, expected {expected[i]}: the row is {why}. A heading row, once "
@@ -209,9 +207,7 @@ def check_is_long_enough(is_long_enough: Callable) -> None:
         (rule(stripped_chars, split_words, lambda ch, c, wo, w: ch >= c),
          "you ignore min_words: the row must also have at least min_words words"),
     ]
-    for variant, message in variants:
-        if answers == variant:
-            fail(f"{message}.")
+    diagnose(variants, lambda variant: answers == variant)
     i = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
     text, min_chars, min_words = cases[i]
     fail(f"{name}({text!r}, min_chars={min_chars}, min_words={min_words}) returned {answers[i]}, expected "
@@ -323,9 +319,7 @@ def _diagnose_dedup(result: list[str], texts: list[str], num_proc: int | None, s
         counts[curation.normalize_text(t)] = counts.get(curation.normalize_text(t), 0) + 1
     variants.append(([t for t in texts if counts[curation.normalize_text(t)] == 1],
                      "you removed EVERY copy of a duplicated row, the first one too; keep the first occurrence"))
-    for variant, message in variants:
-        if result == variant:
-            fail(f"{where}: {message}.")
+    diagnose(variants, lambda variant: result == variant, where)
     if sorted(result) == sorted(reference):
         fail(f"{where}: you keep the right rows but not in the dataset's order; keep the original order (filter the "
              "dataset, do not rebuild it from a set).")
@@ -449,9 +443,7 @@ def _diagnose_minhash(values, text: str, ngram: int, num_perm: int, seed: int, w
     ]
     if len(words) > ngram:
         variants.append(({" ".join(words)}, "you add the whole text as one shingle; add every word n-gram"))
-    for shingle_set, message in variants:
-        if same(_minhash(shingle_set, num_perm, seed)):
-            fail(f"{where}: {message}.")
+    diagnose(variants, lambda shingle_set: same(_minhash(shingle_set, num_perm, seed)), where)
     first = int(np.argmax(values != _minhash(curation.shingles(text, ngram), num_perm, seed).hashvalues))
     fail(f"{where}: your signature differs from the package's (curation.compute_minhashes) first at position "
          f"{first}. Expected: MinHash(num_perm, seed) updated with every word {ngram}-gram of normalize_text(text), "
@@ -579,9 +571,7 @@ def _diagnose_lsh(result: dict, minhashes, threshold: float, where: str) -> None
          "you keep the LAST copy: visit the rows in order, so that the first occurrence is kept and later copies "
          "are the duplicates"),
     ]
-    for variant, message in variants:
-        if result == variant:
-            fail(f"{where}: {message}.")
+    diagnose(variants, lambda variant: result == variant, where)
     for other in (0.5, 0.6, 0.7, 0.8, 0.9):
         if other != threshold and result == curation.near_duplicates_from_minhashes(minhashes, other):
             fail(f"{where}: your result is the one for threshold={other}: use the threshold argument, for "
@@ -698,9 +688,7 @@ def _diagnose_pack(ids: list[list[int]], documents: list[list[int]], eos: int, s
                        "end-of-text token after each) into one stream first, then cut the stream"),
     ]
     variants.append((per_document_no_eos, variants[-1][1]))
-    for variant, message in variants:
-        if ids == variant:
-            fail(f"{where}: {message}.")
+    diagnose(variants, lambda variant: ids == variant, where)
     i = next((i for i, (a, b) in enumerate(zip(ids, reference)) if a != b), min(len(ids), len(reference)))
     fail(f"{where}: you return {len(ids)} blocks, expected {len(reference)} (the documents' tokens, each followed by "
          f"end-of-text, concatenated and cut into blocks of {size}, the remainder dropped); block {i} differs.")

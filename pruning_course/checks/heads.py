@@ -32,7 +32,7 @@ from torch import nn
 
 from ..architectures import adapter_for
 from ..structured.heads import choose_heads_to_remove, head_masks, normalize_per_layer, remove_heads
-from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import CheckFailed, call, close_to, diagnose, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_gate_heads",
@@ -110,9 +110,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
              "you multiplied by 1 - gates: a gate of 1 keeps the head, 0 switches it off (xi_h multiplies Att_h)"),
             (x * gates.mean(), "you multiplied every feature by the same number; each head has its own gate"),
         ]
-        for variant, message in variants:
-            if close_to(result, variant, 1e-5):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: close_to(result, variant, 1e-5), where)
         index, got, want = _first_difference(result, reference)
         feature = index[-1]
         fail(f"{where}: at position {index} (feature {feature}, which belongs to head {feature // head_dim}) you return "
@@ -226,9 +224,7 @@ def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
              "you normalised every window's gradients before averaging; average |grad| over the windows first, "
              "then divide each layer by its L2 norm"),
         ]
-        for variant, message in variants:
-            if close_to(result, variant):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: close_to(result, variant), where)
         index, got, want = _first_difference(result, reference)
         fail(f"{where}: at layer {index[0]}, head {index[1]} you return {got:.6g}, expected {want:.6g} (mean over windows "
              f"of |grad|, divided by the layer's L2 norm); expected row {index[0]} starts {fmt_values(reference[index[0]])}, "

@@ -38,7 +38,7 @@ from ..structured.layers import angular_distances as package_angular_distances
 from ..structured.layers import choose_consecutive_blocks as package_choose_consecutive_blocks
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
-from . import call, call_expecting_value_error, fail, generator, keeps_rng, passed, tiny_random_model
+from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed, tiny_random_model
 
 __all__ = [
     "angular_distance",
@@ -155,9 +155,11 @@ def _check_distance_case(fn: Callable, x_in: torch.Tensor, x_out: torch.Tensor, 
                  "(cos.clamp(-1, 1)) before taking arccos.")
         fail(f"{where}: your distance is {result}, expected {reference:.6g}: look for a division by a zero norm or an "
              "arccos of a value outside [-1, 1]")
-    for value, message in _distance_variants(x_in, x_out):
-        if abs(result - value) <= TOLERANCE:
-            fail(f"{where}: your value {result:.6g}: {message} (expected {reference:.6g}).")
+    diagnose(
+        _distance_variants(x_in, x_out),
+        lambda value: abs(result - value) <= TOLERANCE,
+        describe=lambda message: f"{where}: your value {result:.6g}: {message} (expected {reference:.6g}).",
+    )
     if not 0.0 <= result <= 1.0:
         fail(f"{where}: your value {result:.6g} lies outside [0, 1]; arccos(cos) / pi is between 0 (same direction) "
              f"and 1 (opposite directions). Expected {reference:.6g}.")

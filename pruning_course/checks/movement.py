@@ -16,7 +16,7 @@ from torch import nn
 
 from ..masks import num_to_prune, per_row_mask
 from ..unstructured.movement import MaskedLinear, cubic_sparsity, topk_mask
-from . import call, close_to, fail, fmt_values, generator, keeps_rng, passed
+from . import call, close_to, diagnose, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = ["check_topk_binarizer", "check_cubic_sparsity", "check_movement_score_update"]
 
@@ -324,9 +324,11 @@ def check_cubic_sparsity(schedule: Callable) -> None:
         reference = [cubic_sparsity(t, total, final, initial, warmup, cooldown) for t in range(total)]
         if all(abs(v - r) <= 1e-6 for v, r in zip(values, reference)):
             continue
-        for variant, message in _schedule_variants(total, final, initial, warmup, cooldown):
-            if all(abs(v - r) <= 1e-6 for v, r in zip(values, variant)):
-                fail(f"{where}: {message}.")
+        diagnose(
+            _schedule_variants(total, final, initial, warmup, cooldown),
+            lambda variant: all(abs(v - r) <= 1e-6 for v, r in zip(values, variant)),
+            where,
+        )
         bad = next(t for t, (v, r) in enumerate(zip(values, reference)) if abs(v - r) > 1e-6)
         if bad < warmup:
             fail(f"{where}: at warm-up step {bad} you return {values[bad]:.6g}; during the first warmup_steps steps "
@@ -412,9 +414,7 @@ def check_movement_score_update(update: Callable) -> None:
             (scores - weight * grad, "you left out the learning rate: S <- S - lr * W * grad"),
             (weight - lr * grad, "that is the SGD step of the WEIGHT; the scores move by -lr * W * dL/dW'"),
         ]
-        for variant, message in variants:
-            if close_to(result, variant):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: close_to(result, variant), where)
         fail(f"{where}: your updated scores differ from S - lr * W * grad: {_first_difference(result, reference)}.")
     passed("movement_score_update takes the SGD step S - lr * W * dL/dW' that autograd gives through the "
            "straight-through mask: scores grow for weights moving away from zero")

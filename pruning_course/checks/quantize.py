@@ -36,7 +36,7 @@ from ..quantize.model import QuantizedWeight
 from ..packing import pack_int, unpack_int
 from ..quantize.rtn import quantize_rtn as reference_quantize_rtn
 from ..quantize.storage import encode_weight
-from . import call, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import call, diagnose, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_quantize_rtn",
@@ -488,9 +488,7 @@ def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
              "you return all high nibbles, then all low nibbles: interleave them instead, low nibble first "
              "(torch.stack([byte & 0xF, byte >> 4], dim=1).reshape(-1))"),
         ]
-        for variant, message in variants:
-            if torch.equal(values, variant):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: torch.equal(values, variant), where)
         i = int((values != expected).nonzero()[0])
         fail(f"{where}: code {i} should be {int(expected[i])} (the {'low' if i % 2 == 0 else 'high'} nibble of byte "
              f"{i // 2} = {int(packed[i // 2])}), yours is {int(values[i])}.")
@@ -597,9 +595,11 @@ def check_compressed_nbytes(compressed_nbytes: Callable, seed: int = 0) -> None:
              "bytes are whole numbers: each packed tensor is padded to whole bytes, so round every part UP "
              "(math.ceil) before adding"),
         ]
-        for variant, message in variants:
-            if value == variant and variant != expected:
-                fail(f"{where}: you return {value:g} bytes, expected {expected}: {message}.")
+        diagnose(
+            variants,
+            lambda variant: value == variant and variant != expected,
+            describe=lambda message: f"{where}: you return {value:g} bytes, expected {expected}: {message}.",
+        )
         fail(f"{where}: you return {value:g} bytes, the package's encoder writes {expected}: the bitmask (1 bit per "
              f"weight), the codes of the kept weights ({bits} bits each), one float16 scale and one {bits}-bit zero "
              f"point per row and group; each of these four tensors padded to whole bytes.")

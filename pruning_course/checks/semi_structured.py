@@ -28,7 +28,18 @@ import torch
 from ..masks import is_nm_sparse as reference_is_nm_sparse
 from ..masks import nm_mask, per_matrix_mask, per_row_mask
 from ..semi_structured import CompressedNM, compress_nm, decompress_nm
-from . import CheckFailed, call, call_expecting_value_error, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import (
+    CheckFailed,
+    call,
+    call_expecting_value_error,
+    diagnose,
+    expect_tensor,
+    fail,
+    fmt_values,
+    generator,
+    keeps_rng,
+    passed,
+)
 
 __all__ = [
     "check_convert_to_2_4",
@@ -446,9 +457,7 @@ def check_decompress_2_4(decompress_2_4: Callable, seed: int = 0) -> None:
              "you use the positions 0..3 as COLUMNS of the row; they are positions inside the group: column = "
              "4 * group + position (or scatter into a (rows, cols // 4, 4) view along the last dim)"),
         ]
-        for variant, message in variants:
-            if torch.equal(result, variant):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: torch.equal(result, variant), where)
         r, col = (int(v) for v in (result != weight).nonzero()[0])
         fail(f"{where}: the decompressed weight differs from the original: row {r}, column {col} is "
              f"{float(result[r, col]):.6g}, expected {float(weight[r, col]):.6g}; group {col // 4} should be "

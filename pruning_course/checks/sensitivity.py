@@ -41,7 +41,7 @@ from ..structured.sensitivity import layer_sensitivity, schedule_from_sensitivit
 from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities
-from . import call, call_expecting_value_error, fail, generator, keeps_rng, passed, tiny_random_model
+from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed, tiny_random_model
 
 __all__ = [
     "check_outlier_ratio",
@@ -194,9 +194,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
         (torch.zeros_like(reference), "every increase is 0: the model you evaluated was never pruned (did you prune a "
                                       "copy of the weights, or evaluate before pruning?)"),
     ]
-    for variant, message in variants:
-        if _matches(values, variant):
-            fail(f"{where}: {message}.")
+    diagnose(variants, lambda variant: _matches(values, variant), where)
     mistakes = [
         ("row", "you pruned per row (each output row loses its own share); the scan uses magnitude pruning with one "
                 "threshold per weight matrix: magnitude_mask(weight, sparsity), the default scope"),
@@ -310,9 +308,7 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
              f"you divided the ranks by L = {len(counts)}; divide by L - 1 = {len(counts) - 1} so that u runs from 0 "
              f"to 1 and max s - min s equals the spread"),
         ]
-        for variant, message in variants:
-            if _close(values, variant, 1e-6):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: _close(values, variant, 1e-6), where)
         if abs(total - target) > 1e-6:
             fail(f"{where}: the parameter-weighted mean of your schedule, sum(n_l s_l) / sum(n_l), is {total:.6f}; it "
                  f"must equal the target {target} (yours {_fmt(values)}, expected {_fmt(reference)}).")
@@ -427,9 +423,12 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
         reference = reference_outlier_ratio(tensors, M)
         if math.isclose(result, reference, abs_tol=1e-9):
             continue
-        for value, message in _ratio_variants(tensors, M):
-            if not math.isclose(value, reference, abs_tol=1e-9) and math.isclose(result, value, rel_tol=1e-6, abs_tol=1e-9):
-                fail(f"{where}: your ratio is {result:.6g}, expected {reference:.6g}: {message}.")
+        diagnose(
+            _ratio_variants(tensors, M),
+            lambda value: (not math.isclose(value, reference, abs_tol=1e-9)
+                           and math.isclose(result, value, rel_tol=1e-6, abs_tol=1e-9)),
+            describe=lambda message: f"{where}: your ratio is {result:.6g}, expected {reference:.6g}: {message}.",
+        )
         total = sum(t.numel() for t in tensors)
         fail(f"{where}: your ratio is {result:.6g}, expected {reference:.6g} (= {round(reference * total)} of the "
              f"{total} scores are > {M:g} * their mean over all matrices together).")
@@ -482,9 +481,7 @@ def check_owl_sparsities(owl_sparsities: Callable) -> None:
              "you used the raw ratios; normalise them first, u = (D - min D) / (max D - min D), so that the band is "
              "2 lambda wide whatever the size of the ratios"),
         ]
-        for variant, message in variants:
-            if _close(values, variant, 1e-6):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: _close(values, variant, 1e-6), where)
         if abs(float(values.mean()) - target) > 1e-6:
             fail(f"{where}: the mean of your sparsities is {float(values.mean()):.6f}; it must equal the target {target} "
                  f"(yours {_fmt(values[:6])}, expected {_fmt(reference[:6])}).")

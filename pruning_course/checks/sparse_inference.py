@@ -34,7 +34,7 @@ from ..sparse_inference import (
     to_csr,
 )
 from ..sparse_inference import csr_nbytes as reference_csr_nbytes
-from . import call, fail, keeps_rng, passed
+from . import call, diagnose, fail, keeps_rng, passed
 
 __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
@@ -105,9 +105,11 @@ def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
             (8 * expected, "that is the size in BITS; return bytes (numel() * element_size())"),
             (nnz + nnz + rows + 1, "you counted entries, not bytes: multiply each tensor's numel() by its element_size()"),
         ]
-        for value, message in variants:
-            if got == value:
-                fail(f"{where}: you return {got:g} bytes, expected {expected}: {message}.")
+        diagnose(
+            variants,
+            lambda value: got == value,
+            describe=lambda message: f"{where}: you return {got:g} bytes, expected {expected}: {message}.",
+        )
         fail(f"{where}: you return {got:g} bytes, expected {expected} = values {nnz} x {v} B + col_indices {nnz} x {i} B "
              f"+ crow_indices {rows + 1} x {i} B.")
     passed("csr_nbytes counts values, col_indices and crow_indices, each with its own dtype")
@@ -141,9 +143,11 @@ def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
             (0.5, "the break-even depends on the byte sizes: solve (1 - s)(v + i) = v for s"),
             (i / (v + 2 * i), "each non-zero has ONE column index: (1 - s)(v + i) = v"),
         ]
-        for value, message in variants:
-            if value is not None and math.isclose(got, value, rel_tol=1e-9):
-                fail(f"{where}: you return {got:.4g}, expected {expected:.4g}: {message}.")
+        diagnose(
+            variants,
+            lambda value: value is not None and math.isclose(got, value, rel_tol=1e-9),
+            describe=lambda message: f"{where}: you return {got:.4g}, expected {expected:.4g}: {message}.",
+        )
         fail(f"{where}: you return {got:.4g}, expected i / (v + i) = {i} / ({v} + {i}) = {expected:.4g}: CSR with "
              f"density d = 1 - s takes d (v + i) bytes per entry against v dense.")
     passed("memory_break_even = i / (v + i): 2/3 for fp32 values with int64 indices, 1/2 with int32, 4/5 for fp16 + int64")
@@ -240,9 +244,11 @@ def check_break_even(break_even: Callable, seed: int = 0) -> None:
             (_reference(sparsities, [1 / x for x in ratios]),
              "you treated the ratio as dense / csr (a speed-up); the ratios here are csr / dense, below 1 = CSR faster"),
         ]
-        for value, message in variants:
-            if _same(got, value) and not _same(value, expected):
-                fail(f"{where}: you return {_fmt(got)}, expected {_fmt(expected)}: {message}.")
+        diagnose(
+            variants,
+            lambda value: _same(got, value) and not _same(value, expected),
+            describe=lambda message: f"{where}: you return {_fmt(got)}, expected {_fmt(expected)}: {message}.",
+        )
         if expected is None:
             fail(f"{where}: you return {got}; CSR is not faster at the highest measured sparsity, so there is no "
                  "break-even to report: return None.")

@@ -34,7 +34,7 @@ import torch
 from ..calibration import layer_hessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
-from . import CheckFailed, call, close_to, expect_tensor, fail, generator, passed, scale_factor
+from . import CheckFailed, call, close_to, diagnose, expect_tensor, fail, generator, passed, scale_factor
 
 __all__ = [
     "check_layer_hessian",
@@ -147,9 +147,7 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
                     (1.0 / b, f"you returned X^T X / {b} (the batch size): H = 2/n X^T X with n = batch x seq = {n}"),
                     (1.0 / s, f"you returned X^T X / {s} (the sequence length): H = 2/n X^T X with n = batch x seq = {n}"),
                 ]
-            for factor, message in diagnoses:
-                if math.isclose(c, factor, rel_tol=1e-4):
-                    fail(f"{where}: {message}.")
+            diagnose(diagnoses, lambda factor: math.isclose(c, factor, rel_tol=1e-4), where)
             fail(f"{where}: your H is {c * n / 2:.4g} times the expected 2/n X^T X (n = {n} tokens): check the "
                  "scaling factor")
         centered = xd - xd.mean(dim=0)
@@ -217,9 +215,7 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
                  "you only zeroed w_q: the optimal brain surgeon also moves the remaining weights by "
                  "delta = -(w_q / [H^-1]_qq) * H^-1[:, q] to compensate"),
             ]
-            for variant, message in variants:
-                if close_to(result, variant):
-                    fail(f"{where}: {message}.")
+            diagnose(variants, lambda variant: close_to(result, variant), where)
             if close_to(result, reference, rtol=1e-4):
                 fail(f"{where}: w'_q should be 0 after removing weight q, you have {float(result[q]):.3g}")
             fail(f"{where}: the updated row differs from w - (w_q / [H^-1]_qq) * H^-1[:, q] "
@@ -281,9 +277,7 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
             (wd**2, "that is the squared magnitude w^2 alone: divide by the inverse Hessian's diagonal [H^-1]_qq"),
             (wd.abs(), "that is the magnitude |w| alone: OBS scores eps_q = w_q^2 / [H^-1]_qq"),
         ]
-        for variant, message in variants:
-            if close_to(result, variant.expand(shape)):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: close_to(result, variant.expand(shape)), where)
         hint = (" (w here is a whole (out, in) matrix: does your code assume a 1-D row? w.pow(2) / "
                 "torch.diagonal(h_inv) broadcasts over the rows)") if w.dim() == 2 else ""
         fail(f"{where}: the saliencies differ from w^2 / [H^-1]_qq {_first_difference(result, reference)}{hint}")
@@ -340,8 +334,10 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         if out_f == in_f:
             variants.append((float((xd @ wd - xd @ nd).norm() / (xd @ wd).norm()),
                              "you multiplied x @ W; a linear layer computes x @ W^T (W is (out, in))"))
-        for value, message in variants:
-            if math.isclose(result, value, rel_tol=1e-4):
-                fail(f"{where}: your value {result:.6g}: {message} (expected {reference:.6g}).")
+        diagnose(
+            variants,
+            lambda value: math.isclose(result, value, rel_tol=1e-4),
+            describe=lambda message: f"{where}: your value {result:.6g}: {message} (expected {reference:.6g}).",
+        )
         fail(f"{where}: {name} returned {result:.6g}, expected ||XW^T - XW'^T||_F / ||XW^T||_F = {reference:.6g}")
     passed("relative_reconstruction_error = ||XW^T - XW'^T||_F / ||XW^T||_F")

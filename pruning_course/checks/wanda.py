@@ -20,6 +20,7 @@ from ..masks import nm_mask as reference_nm_mask
 from ..masks import num_to_prune, per_matrix_mask, per_row_mask
 from ..unstructured.wanda import wanda_scores as reference_wanda_scores
 from . import (
+    diagnose,
     CheckFailed,
     call,
     call_expecting_value_error,
@@ -109,9 +110,7 @@ def _diagnose_norm_stat(result: torch.Tensor, inputs: list[torch.Tensor], output
         variants.append((sum((y**2).sum(0) for y in out_flat),
                          "your values are those of the layer's OUTPUT: a forward hook is called as hook(module, args, "
                          "output) and Wanda needs the inputs, args[0]"))
-    for variant, message in variants:
-        if _positive_factor(result, variant) is not None:
-            fail(f"{where}: {message}.")
+    diagnose(variants, lambda variant: _positive_factor(result, variant) is not None, where)
     first = int((result.double() / result.double().sum() - reference.double() / reference.double().sum()).abs().argmax())
     fail(f"{where}: your values are not proportional to the mean over all tokens of x_j^2: at feature {first} you "
          f"return {float(result[first]):.6g}, the reference (sum of x_j^2 / number of tokens) is "
@@ -284,9 +283,11 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
                              "you broadcast the norms along the wrong dimension: act_sq_norm[j] belongs to input "
                              "feature j, i.e. column j of W (shape (out, in)); use act_sq_norm.sqrt().unsqueeze(0), "
                              "not .unsqueeze(1)"))
-        for variant, message in variants:
-            if _same(result, variant):
-                fail(f"on a {shape[0]}x{shape[1]} weight: {message}.")
+        diagnose(
+            variants,
+            lambda variant: _same(result, variant),
+            describe=lambda message: f"on a {shape[0]}x{shape[1]} weight: {message}.",
+        )
         diff = (result.double() - reference.double()).abs()
         r, c = divmod(int(diff.argmax()), shape[1])
         fail(f"on a {shape[0]}x{shape[1]} weight, score[{r}, {c}] should be |{float(weight[r, c]):.4g}| * "
@@ -424,9 +425,11 @@ def check_relative_output_error(fn: Callable) -> None:
             (float((dense - sparse).norm() / sparse.norm()), "you divide by the norm of the PRUNED output; divide by "
              "the dense output ||XW^T||"),
         ]
-        for value, message in variants:
-            if math.isclose(result, value, rel_tol=1e-4):
-                fail(f"{where}: your value {result:.6g}: {message} (expected {reference:.6g}).")
+        diagnose(
+            variants,
+            lambda value: math.isclose(result, value, rel_tol=1e-4),
+            describe=lambda message: f"{where}: your value {result:.6g}: {message} (expected {reference:.6g}).",
+        )
         fail(f"{where}: relative_output_error returned {result:.6g}, expected "
              f"||XW^T - XW'^T||_F / ||XW^T||_F = {reference:.6g}")
     passed("relative_output_error = ||XW^T - XW'^T||_F / ||XW^T||_F")

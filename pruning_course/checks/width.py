@@ -28,7 +28,19 @@ from torch import nn
 
 from ..architectures import adapter_for
 from ..structured.width import ActivationMoments, neuron_scores, prune_mlp_width
-from . import CheckFailed, call, close_to, expect_tensor, fail, fmt_values, generator, keeps_rng, passed, scale_factor
+from . import (
+    CheckFailed,
+    call,
+    close_to,
+    diagnose,
+    expect_tensor,
+    fail,
+    fmt_values,
+    generator,
+    keeps_rng,
+    passed,
+    scale_factor,
+)
 
 __all__ = ["check_wanda_sp_scores", "check_slice_mlp", "reference_wanda_sp_scores"]
 
@@ -118,9 +130,7 @@ def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
              "you averaged |W| over its COLUMNS (dim 1), one value per hidden feature; neuron j is COLUMN j of "
              "down_proj: average over the rows (dim 0)"),
         ]
-        for variant, message in variants:
-            if variant is not None and close_to(result, variant):
-                fail(f"{where}: {message}.")
+        diagnose(variants, lambda variant: variant is not None and close_to(result, variant), where)
         j = int((result - reference).abs().argmax())
         fail(f"{where}: for neuron {j} you return {float(result[j]):.6g}, expected mean_i |W[i, {j}]| * rms(a_{j}) = "
              f"{float(col_mean[j]):.4g} * {float(rms[j]):.4g} = {float(reference[j]):.6g}; expected scores start "
