@@ -36,27 +36,43 @@ def tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 384):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-def tiny_config(family: str, vocab_size: int = 384):
-    """A small config of each family: 2 blocks, width 64, seconds to run anything on."""
+def tiny_config(family: str, vocab_size: int = 384, **overrides):
+    """A small config of each family: 2 blocks, width 64, seconds to run anything on.
+
+    ``overrides`` are passed to the config class along with these defaults (e.g. ``hidden_size``,
+    ``head_dim``, ``tie_word_embeddings`` for Llama)."""
     from transformers import GPT2Config, LlamaConfig, OPTConfig
 
     if family == "llama":  # grouped-query attention like SmolLM2 (4 query heads over 2 kv heads)
-        return LlamaConfig(
+        defaults = dict(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
             tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
         )
+        return LlamaConfig(**{**defaults, **overrides})
     if family == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
-            bos_token_id=0, eos_token_id=0,
-        )
+        defaults = dict(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=1024, bos_token_id=0, eos_token_id=0)
+        return GPT2Config(**{**defaults, **overrides})
     if family == "opt":
-        return OPTConfig(
+        defaults = dict(
             vocab_size=vocab_size, hidden_size=64, ffn_dim=160, num_hidden_layers=2, num_attention_heads=4,
             word_embed_proj_dim=64, max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=1,
         )
+        return OPTConfig(**{**defaults, **overrides})
     raise ValueError(f"unknown tiny family {family!r}; choose llama, gpt2 or opt")
+
+
+def tiny_random_model(family: str = "llama", *, seed: int = 0, num_blocks: int | None = None, vocab_size: int = 384,
+                      **overrides):
+    """A randomly initialised tiny model of ``family`` (:func:`tiny_config` with ``overrides``), in
+    eval mode, with ``num_blocks`` decoder blocks if given; no tokenizer. The checks' one builder."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(family, vocab_size=vocab_size, **overrides)
+    if num_blocks is not None:
+        config.num_hidden_layers = num_blocks
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 TINY_FAMILIES = ("llama", "gpt2", "opt")

@@ -134,15 +134,3 @@ def keeps_rng(check):
             return check(*args, **kwargs)
 
     return wrapper
-
-
-def tiny_random_model(family: str, num_blocks: int, seed: int) -> torch.nn.Module:
-    """A tiny random model of ``family`` (see ``tiny_config``) with ``num_blocks`` decoder blocks, vocabulary 384."""
-    from transformers import AutoModelForCausalLM
-
-    from ..testing import tiny_config
-
-    config = tiny_config(family, vocab_size=384)
-    config.num_hidden_layers = num_blocks
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()

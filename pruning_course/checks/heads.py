@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..architectures import adapter_for
+from ..testing import tiny_random_model
 from ..structured.heads import choose_heads_to_remove, head_masks, normalize_per_layer, remove_heads
 from . import CheckFailed, call, close_to, diagnose, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
@@ -50,15 +51,9 @@ def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> tuple[tup
 
 def _tiny_llama(hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int = 1, seed: int = 0) -> nn.Module:
     """A random Llama with the given attention shape (vocabulary 32, MLP width 16), in eval mode."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=32, hidden_size=hidden, intermediate_size=16, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=64,
-        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_random_model("llama", seed=seed, vocab_size=32, hidden_size=hidden, intermediate_size=16,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                             head_dim=head_dim, max_position_embeddings=64)
 
 
 # ---------------------------------------------------------------------------------------------

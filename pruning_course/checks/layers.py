@@ -38,7 +38,8 @@ from ..structured.layers import angular_distances as package_angular_distances
 from ..structured.layers import choose_consecutive_blocks as package_choose_consecutive_blocks
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
-from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed, tiny_random_model
+from ..testing import tiny_random_model
+from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed
 
 __all__ = [
     "angular_distance",
@@ -211,7 +212,7 @@ def check_angular_distance(fn: Callable) -> None:
     _check_distance_case(fn, x_in, x_out, angular_distance(x_in, x_out),
                          "on hidden states of shape (3, 8, 16) whose last 5 tokens keep their direction")
 
-    model = tiny_random_model("llama", 4, seed=51)
+    model = tiny_random_model("llama", seed=51, num_blocks=4)
     windows = torch.randint(0, 384, (3, 12), generator=gen)
     states = _block_boundaries(model, windows)
     adapter = adapter_for(model)
@@ -358,7 +359,7 @@ def _generate(model: nn.Module, prompt: torch.Tensor) -> torch.Tensor:
 
 
 def _expect_value_error(fn: Callable, family: str, num_blocks: int, indices: list[int], why: str) -> None:
-    model = tiny_random_model(family, num_blocks, seed=53)
+    model = tiny_random_model(family, seed=53, num_blocks=num_blocks)
     adapter = adapter_for(model)
     call_text = f"remove_blocks(<tiny {family} with {num_blocks} blocks>, adapter, {indices})"
     raised, _ = call_expecting_value_error(
@@ -386,7 +387,7 @@ def check_remove_blocks(fn: Callable) -> None:
     gen = generator(54)
     cases = (("llama", 4, [1, 2]), ("llama", 5, [3, 0]), ("gpt2", 4, [0, 2]), ("opt", 4, [3]), ("llama", 4, [0, 1, 2]))
     for family, num_blocks, indices in cases:
-        model = tiny_random_model(family, num_blocks, seed=55)
+        model = tiny_random_model(family, seed=55, num_blocks=num_blocks)
         adapter = adapter_for(model)
         reference = package_remove_blocks(copy.deepcopy(model), adapter, indices)
         originals = [{k: v.clone() for k, v in block.state_dict().items()} for block in adapter.blocks(model)]

@@ -41,7 +41,8 @@ from ..structured.sensitivity import layer_sensitivity, schedule_from_sensitivit
 from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities
-from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed, tiny_random_model
+from ..testing import tiny_random_model
+from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed
 
 __all__ = [
     "check_outlier_ratio",
@@ -139,7 +140,7 @@ def _changed_blocks(model: nn.Module, adapter, original: dict[str, torch.Tensor]
 
 
 def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed: int) -> None:
-    model = tiny_random_model(family, num_blocks, seed)
+    model = tiny_random_model(family, seed=seed, num_blocks=num_blocks)
     adapter = adapter_for(model)
     ids = torch.randint(0, 384, (4 * SCAN_SEQLEN,), generator=generator(seed + 700))
     where = f"on a tiny random {family} with {num_blocks} blocks at sparsity {sparsity}"

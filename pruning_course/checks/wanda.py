@@ -156,14 +156,10 @@ def _recording_hook(store_in: list, store_out: list):
 
 def _tiny_llama(seed: int) -> nn.Module:
     """The course's tiny random Llama (2 blocks, width 64), without touching the global RNG."""
-    from transformers import AutoModelForCausalLM
-
-    from ..testing import tiny_config
+    from ..testing import tiny_random_model
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=384))
-    return model.eval()
+        return tiny_random_model("llama", seed=seed)
 
 
 @keeps_rng

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from pruning_course.architectures import TRANSPOSED_LINEAR, as_stored, stores_transposed, adapter_for
-from pruning_course.testing import TINY_FAMILIES, tiny_config, tiny_model, tiny_tokenizer
+from pruning_course.testing import TINY_FAMILIES, tiny_model, tiny_random_model, tiny_tokenizer
 from pruning_course.inventory import PARAMETER_ROLES, parameter_counts
 from pruning_course.masks import num_to_prune, per_matrix_mask, per_row_mask
 from pruning_course.unstructured import magnitude_mask
@@ -58,12 +58,7 @@ def _tiny(family: str, seed: int = 0) -> nn.Module:
 
 def _untied_llama(seed: int = 0) -> nn.Module:
     """A tiny Llama whose ``lm_head`` is its own matrix (``tie_word_embeddings=False``)."""
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config("llama", vocab_size=len(_tokenizer()))
-    config.tie_word_embeddings = False
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_random_model("llama", seed=seed, vocab_size=len(_tokenizer()), tie_word_embeddings=False)
 
 
 def _label(family: str) -> str:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..architectures import adapter_for
+from ..testing import tiny_random_model
 from ..structured.width import ActivationMoments, neuron_scores, prune_mlp_width
 from . import (
     CheckFailed,
@@ -144,15 +145,9 @@ def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
 
 
 def _tiny_llama_mlp(hidden: int, intermediate: int, seed: int) -> nn.Module:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=32, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=2, max_position_embeddings=64, tie_word_embeddings=True,
-        bos_token_id=0, eos_token_id=0,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_random_model("llama", seed=seed, vocab_size=32, hidden_size=hidden, intermediate_size=intermediate,
+                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=2,
+                             max_position_embeddings=64)
 
 
 def _package_slices(gate, up, down, keep, seed):
