@@ -18,7 +18,8 @@ from pruning_course.checks.layers import (
     check_remove_blocks,
 )
 from pruning_course.architectures import adapter_for
-from pruning_course.checks import generator, tiny_random_model
+from pruning_course.checks import generator
+from pruning_course.testing import tiny_random_model
 from pruning_course.structured import angular_distances, choose_consecutive_blocks, remove_blocks
 
 from check_support import fails_with, not_implemented
@@ -31,7 +32,7 @@ from check_support import fails_with, not_implemented
 
 @pytest.mark.parametrize("last_token_only", [False, True])
 def test_reference_distance_equals_the_package_on_block_boundaries(last_token_only):
-    model = tiny_random_model("llama", 4, seed=0)
+    model = tiny_random_model("llama", seed=0, num_blocks=4)
     adapter = adapter_for(model)
     windows = torch.randint(0, 384, (3, 10), generator=torch.Generator().manual_seed(0))
     states = []
