@@ -38,3 +38,10 @@ def keep_torch_cache_out_of_tmp() -> None:
     makes the folder), so without this every run of the command line leaves it in the temp dir.
     Call before torch builds anything."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+
+
+def child_environment() -> dict[str, str]:
+    """A copy of this process's environment, for the processes the grader starts (its nbgrader
+    workers and their kernels), which then set their own variables on top."""
+    return dict(os.environ)
+

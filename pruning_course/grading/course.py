@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from .. import settings
 from .notebooks import _Catalog, _ignored
 from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, _short
 
@@ -92,13 +93,13 @@ class _Course:
         self.scratch = _short_temp_dir("pcg-")
 
     def env(self) -> dict:
-        env = dict(os.environ)
+        env = settings.child_environment()
         for var in ("JPY_PARENT_PID", "NBGRADER_EXECUTION", "NBGRADER_VALIDATING"):
             env.pop(var, None)
         env.update({
             # nbgrader runs console scripts (alembic, jupyter) by name: this interpreter's first
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent)] + [p for p in [os.environ.get("PATH")] if p]),
-            "PYTHONPATH": os.pathsep.join([str(self.pythonpath)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent)] + [p for p in [env.get("PATH")] if p]),
+            "PYTHONPATH": os.pathsep.join([str(self.pythonpath)] + [p for p in [env.get("PYTHONPATH")] if p]),
             # kernels' connection files, nbgrader's scratch and anything else temporary stay in
             # this course's folder, which close() removes even when a kernel was killed
             "TMPDIR": str(self.scratch),
