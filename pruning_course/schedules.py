@@ -4,7 +4,7 @@ Magnitude, Wanda and SparseGPT prune every layer to the same sparsity ("uniform"
 schedule gives decoder block ``l`` its own sparsity ``s_l`` while keeping the model-wide sparsity,
 the parameter-weighted mean ``sum_l n_l s_l / sum_l n_l`` (``n_l``: prunable weights of block
 ``l``), at the target. Schedules come from a sensitivity scan
-(:mod:`pruning_course.structured.sensitivity`) or from outlier ratios
+(:mod:`pruning_course.unstructured.sensitivity`) or from outlier ratios
 (OWL, :mod:`pruning_course.unstructured.owl`); the drivers accept any of:
 
 * a float: the same sparsity for every block (uniform);

@@ -17,7 +17,7 @@ from pruning_course.cli import main
 from pruning_course.masks import keep_mask
 from pruning_course.methods import REGISTRY, get_method, prune_model, register
 from pruning_course.oneshot import OneShotMethod
-from pruning_course.structured.sensitivity import pruned_weights
+from pruning_course.unstructured.sensitivity import pruned_weights
 from pruning_course.unstructured import prune_owl, prune_sparsegpt, prune_wanda, wanda_scores
 
 

@@ -11,7 +11,7 @@ from pruning_course.evaluate import perplexity
 from pruning_course.masks import num_to_prune
 from pruning_course.methods import prune_model
 from pruning_course.schedules import block_sparsities, linear_schedule
-from pruning_course.structured.sensitivity import (
+from pruning_course.unstructured.sensitivity import (
     LayerSensitivity,
     block_parameter_counts,
     layer_sensitivity,

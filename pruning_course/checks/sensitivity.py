@@ -6,12 +6,12 @@ The notebook's exercises:
     prune one decoder block at a time (every linear of the block, magnitude, one threshold per
     matrix), measure ``evaluate(model)`` (a perplexity), restore the block, and return the
     perplexity *increase* over the dense model for every block
-    (:func:`pruning_course.structured.sensitivity.layer_sensitivity`, its ``delta_ppl``).
+    (:func:`pruning_course.unstructured.sensitivity.layer_sensitivity`, its ``delta_ppl``).
 ``sensitivity_schedule(sensitivity, counts, target, spread)``
     per-block sparsities from the scan, by rank: ``u_l = rank_l / (L - 1)`` (0 = least sensitive),
     ``s_l = target - spread * (u_l - sum_l n_l u_l / sum_l n_l)``, so the parameter-weighted mean is
     ``target``; a sparsity outside (0, 1) raises ``ValueError``
-    (:func:`pruning_course.structured.sensitivity.schedule_from_sensitivity`, ``mapping="rank"``).
+    (:func:`pruning_course.unstructured.sensitivity.schedule_from_sensitivity`, ``mapping="rank"``).
 ``outlier_ratio(scores, M)``
     OWL's layerwise outlier ratio ``D_l``: the share of the scores of all linears of a block,
     pooled, that are strictly greater than ``M`` times their pooled mean
@@ -37,7 +37,7 @@ from torch import nn
 from ..architectures import adapter_for, set_weight_matrix, weight_matrix
 from ..evaluate import perplexity
 from ..schedules import linear_schedule, schedule_sparsity
-from ..structured.sensitivity import layer_sensitivity, schedule_from_sensitivity
+from ..unstructured.sensitivity import layer_sensitivity, schedule_from_sensitivity
 from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities

@@ -8,8 +8,8 @@
 * :mod:`.width` scores MLP neurons from calibration activations and slices them out.
 * :mod:`.resize` holds the slicing shared by heads and width, and saving/reloading models whose
   blocks now differ in shape.
-* :mod:`.sensitivity` prunes one layer at a time to find which layers tolerate sparsity, and turns
-  that into a non-uniform per-layer schedule.
+
+Sensitivity analysis (one layer pruned at a time, unstructured) is :mod:`pruning_course.unstructured.sensitivity`.
 """
 
 from .heads import (
@@ -36,13 +36,6 @@ from .layers import (
     remove_blocks,
 )
 from .resize import load_pruned, pruned_structure, save_pruned
-from .sensitivity import (
-    LayerSensitivity,
-    block_parameter_counts,
-    layer_sensitivity,
-    schedule_from_sensitivity,
-    schedule_sparsity,
-)
 from .width import choose_neurons_to_keep, mlp_neuron_importance, neuron_scores, prune_mlp_width
 
 __all__ = [
@@ -53,5 +46,4 @@ __all__ = [
     "first_blocks", "last_blocks", "middle_blocks", "remove_blocks",
     "neuron_scores", "mlp_neuron_importance", "choose_neurons_to_keep", "prune_mlp_width",
     "save_pruned", "load_pruned", "pruned_structure",
-    "LayerSensitivity", "layer_sensitivity", "schedule_from_sensitivity", "schedule_sparsity", "block_parameter_counts",
 ]
