@@ -108,13 +108,15 @@ def transformers_progress_bars(enabled: bool):
 
 
 def save_model_dir(model, tokenizer, target: str | Path, *, progress: bool = True) -> Path:
-    """``save_pretrained`` ``model`` and ``tokenizer`` to ``target`` as one step.
+    """``save_pretrained`` ``model`` and ``tokenizer`` (if not None) to ``target`` as one step.
 
     Written into a hidden ``.NAME.partial-*`` folder beside ``target`` and renamed into place
     when complete. A model already at ``target`` is moved aside first and deleted only after
     the new one is in place, so an interruption (Ctrl-C, a full disk) leaves either the old
-    model or the new one, never a half-written folder under the target's name."""
+    model or the new one, never a half-written folder under the target's name. A ``target``
+    that holds other files is refused (``ValueError``) before anything is written."""
     target = Path(target)
+    check_writable_dir(target, "the save target")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     old = None
@@ -122,7 +124,8 @@ def save_model_dir(model, tokenizer, target: str | Path, *, progress: bool = Tru
         staging.chmod(0o755)  # mkdtemp makes the folder private; a saved model is not
         with transformers_progress_bars(progress):
             model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)

@@ -278,7 +278,7 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype):
     """
     tokenizer = AutoTokenizer.from_pretrained(source)
     if _is_structurally_pruned(source):
-        from .structured.resize import load_pruned
+        from .structured.saving import load_pruned
 
         return load_pruned(source, dtype=dtype), tokenizer
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
@@ -286,7 +286,7 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype):
 
 
 def _is_structurally_pruned(source: str | Path) -> bool:
-    from .structured.resize import CONFIG_FIELD
+    from .structured.saving import CONFIG_FIELD
 
     config = Path(source) / "config.json"
     return config.is_file() and CONFIG_FIELD in json.loads(config.read_text())

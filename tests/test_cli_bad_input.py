@@ -273,3 +273,16 @@ def test_an_org_name_id_still_goes_to_the_hub(monkeypatch, tmp_path):
     with pytest.raises(models.ModelUnavailableError):
         models.load_model("HuggingFaceTB/SmolLM2-135M", progress=False)
     assert asked == ["HuggingFaceTB/SmolLM2-135M"]
+
+
+def test_saving_never_replaces_a_folder_of_other_files(tmp_path):
+    from pruning_course.structured.saving import save_pruned
+    from pruning_course.testing import tiny_model
+
+    model, tokenizer = tiny_model("llama")
+    (tmp_path / "notes.txt").write_text("the user's notes")
+    with pytest.raises(ValueError, match="already holds files that are not a saved model"):
+        save_pruned(model, tmp_path, tokenizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    saved = save_pruned(model, tmp_path / "model", tokenizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "notes.txt"] and (saved / "config.json").is_file()

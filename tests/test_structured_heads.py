@@ -20,7 +20,8 @@ from pruning_course.structured.heads import (
     removal_mask,
 )
 from pruning_course.structured.layers import remove_blocks
-from pruning_course.structured.resize import attention_shapes, load_pruned, mlp_width, pruned_structure, save_pruned
+from pruning_course.structured.resize import attention_shapes, mlp_width
+from pruning_course.structured.saving import load_pruned, pruned_structure, save_pruned
 from pruning_course.structured.width import prune_mlp_width
 
 NAN = float("nan")

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from pruning_course.architectures import weight_matrix
-from pruning_course.structured.resize import layout_for, load_pruned, mlp_width, save_pruned
+from pruning_course.architectures import layout_for
+from pruning_course.structured.resize import mlp_width
+from pruning_course.structured.saving import load_pruned, save_pruned
 from pruning_course.structured.width import (
     METRICS,
     choose_neurons_to_keep,

@@ -6,8 +6,8 @@
 * :mod:`.heads` scores attention heads (Michel et al., 2019) and removes them, grouped-query
   attention included.
 * :mod:`.width` scores MLP neurons from calibration activations and slices them out.
-* :mod:`.resize` holds the slicing shared by heads and width, and saving/reloading models whose
-  blocks now differ in shape.
+* :mod:`.resize` holds the shrinking shared by heads and width; :mod:`.saving` saves and reloads
+  models whose blocks now differ in shape.
 
 Sensitivity analysis (one layer pruned at a time, unstructured) is :mod:`pruning_course.unstructured.sensitivity`.
 """
@@ -35,7 +35,7 @@ from .layers import (
     removal_perplexities,
     remove_blocks,
 )
-from .resize import load_pruned, pruned_structure, save_pruned
+from .saving import load_pruned, pruned_structure, save_pruned
 from .width import choose_neurons_to_keep, mlp_neuron_importance, neuron_scores, prune_mlp_width
 
 __all__ = [

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, grad_matrix, weight_matrix
-from .resize import AttentionShape, attention_shapes, layout_for, shrink_attention
+from ..architectures import ArchitectureAdapter, grad_matrix, layout_for, weight_matrix
+from .resize import AttentionShape, attention_shapes, shrink_attention
 
 __all__ = [
     "head_masks",

@@ -31,10 +31,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..architectures import ArchitectureAdapter, weight_matrix
+from ..architectures import ArchitectureAdapter, layout_for, weight_matrix
 from ..calibration import InputStatistic, run_blockwise
 from ..masks import num_to_prune
-from .resize import layout_for, mlp_width, shrink_mlp
+from .resize import mlp_width, shrink_mlp
 
 __all__ = [
     "ActivationMoments",
