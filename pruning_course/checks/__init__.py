@@ -35,6 +35,13 @@ def diagnose(variants, matches, where: str | None = None, describe=None) -> None
             fail(describe(message) if describe else (f"{where}: {message}." if where else f"{message}."))
 
 
+def largest_difference(value: torch.Tensor, reference: torch.Tensor) -> tuple[tuple[int, ...], float, float]:
+    """Where the learner's tensor differs most from the reference: ``(index, learner's value, reference value)``."""
+    diff = (value.detach().double() - reference.detach().double()).abs()
+    index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+    return index, float(value[index]), float(reference[index])
+
+
 def passed(message: str) -> None:
     print(f"\u2713 {message}")
 

@@ -33,7 +33,19 @@ from torch import nn
 from ..architectures import adapter_for
 from ..testing import tiny_random_model
 from ..structured.heads import choose_heads_to_remove, head_masks, normalize_per_layer, remove_heads
-from . import CheckFailed, call, close_to, diagnose, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import (
+    CheckFailed,
+    call,
+    close_to,
+    diagnose,
+    expect_tensor,
+    fail,
+    fmt_values,
+    generator,
+    keeps_rng,
+    largest_difference,
+    passed,
+)
 
 __all__ = [
     "check_gate_heads",
@@ -41,12 +53,6 @@ __all__ = [
     "check_choose_heads_within_groups",
     "check_slice_heads",
 ]
-
-
-def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> tuple[tuple[int, ...], float, float]:
-    diff = (value.detach().double() - reference.double()).abs()
-    index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-    return index, float(value[index]), float(reference[index])
 
 
 def _tiny_llama(hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int = 1, seed: int = 0) -> nn.Module:
@@ -106,7 +112,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
             (x * gates.mean(), "you multiplied every feature by the same number; each head has its own gate"),
         ]
         diagnose(variants, lambda variant: close_to(result, variant, 1e-5), where)
-        index, got, want = _first_difference(result, reference)
+        index, got, want = largest_difference(result, reference)
         feature = index[-1]
         fail(f"{where}: at position {index} (feature {feature}, which belongs to head {feature // head_dim}) you return "
              f"{got:.6g}, expected x * gates[{feature // head_dim}] = {want:.6g}.")
@@ -220,7 +226,7 @@ def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
              "then divide each layer by its L2 norm"),
         ]
         diagnose(variants, lambda variant: close_to(result, variant), where)
-        index, got, want = _first_difference(result, reference)
+        index, got, want = largest_difference(result, reference)
         fail(f"{where}: at layer {index[0]}, head {index[1]} you return {got:.6g}, expected {want:.6g} (mean over windows "
              f"of |grad|, divided by the layer's L2 norm); expected row {index[0]} starts {fmt_values(reference[index[0]])}, "
              f"yours {fmt_values(result[index[0]])}.")
@@ -437,7 +443,7 @@ def _diagnose_head_side(label: str, got: torch.Tensor, full: torch.Tensor, refer
     if torch.equal(got.sort(dim=dim).values, reference.sort(dim=dim).values):
         fail(f"{where}: {label} holds the right {part} in another order; keep the remaining heads in their original "
              "order (sort the kept indices).")
-    index, value, want = _first_difference(got, reference)
+    index, value, want = largest_difference(got, reference)
     fail(f"{where}: {label} has the right shape but differs from the reference at {index}: {value:.6g} instead of "
          f"{want:.6g}; keep the {part} of heads {keep}. {_LAYOUT_HINT}.")
 
@@ -508,7 +514,7 @@ def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
             if got.shape != reference.shape:
                 fail(f"{where}: {label} should have shape {tuple(reference.shape)} (kv heads {keep_kv} of {kv}), got "
                      f"{tuple(got.shape)}. {_LAYOUT_HINT}.")
-            index, value, want = _first_difference(got, reference)
+            index, value, want = largest_difference(got, reference)
             fail(f"{where}: {label} differs from the reference at {index}: {value:.6g} instead of {want:.6g}; keep the "
                  f"rows of kv heads {keep_kv}, in order.")
     passed("slice_heads keeps the remaining heads' rows of Q, the surviving groups' K/V rows and the heads' columns of O")

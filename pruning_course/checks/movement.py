@@ -16,17 +16,14 @@ from torch import nn
 
 from ..masks import num_to_prune, per_row_mask
 from ..unstructured.movement import MaskedLinear, cubic_sparsity, topk_mask
-from . import call, close_to, diagnose, fail, fmt_values, generator, keeps_rng, passed
+from . import call, close_to, diagnose, fail, fmt_values, generator, keeps_rng, largest_difference, passed
 
 __all__ = ["check_topk_binarizer", "check_cubic_sparsity", "check_movement_score_update"]
 
 
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
-    diff = (value.detach().double() - reference.detach().double()).abs()
-    index = int(diff.flatten().argmax())
-    position = tuple(int(i) for i in torch.unravel_index(torch.tensor(index), reference.shape))
-    return (f"at position {position} you have {float(value.flatten()[index]):.6g}, the reference "
-            f"{float(reference.flatten()[index]):.6g}")
+    position, got, want = largest_difference(value, reference)
+    return f"at position {position} you have {got:.6g}, the reference {want:.6g}"
 
 
 # ---------------------------------------------------------------------------------------------

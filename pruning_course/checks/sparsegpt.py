@@ -34,7 +34,18 @@ import torch
 from ..calibration import layer_hessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
-from . import CheckFailed, call, close_to, diagnose, expect_tensor, fail, generator, passed, scale_factor
+from . import (
+    CheckFailed,
+    call,
+    close_to,
+    diagnose,
+    expect_tensor,
+    fail,
+    generator,
+    largest_difference,
+    passed,
+    scale_factor,
+)
 
 __all__ = [
     "check_layer_hessian",
@@ -50,10 +61,9 @@ __all__ = [
 
 
 def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
-    diff = (value.detach().double() - reference.detach().double()).abs()
-    index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+    index, got, want = largest_difference(value, reference)
     where = f"at {list(index)}" if len(index) > 1 else (f"at [{index[0]}]" if index else "")
-    return f"{where}: you have {float(value[index]):.6g}, expected {float(reference[index]):.6g}"
+    return f"{where}: you have {got:.6g}, expected {want:.6g}"
 
 
 def _unchanged(before: torch.Tensor, after: torch.Tensor, what: str, fn_name: str, where: str) -> None:
