@@ -50,3 +50,16 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif session.exitstatus == pytest.ExitCode.OK:
         shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture
+def run(capsys):
+    """Run the ``pruning-course`` command in-process: ``run(*argv) -> (exit status, stdout, stderr)``."""
+    from pruning_course.cli import main
+
+    def _run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+    return _run
+

@@ -4,16 +4,7 @@ import json
 
 import pytest
 
-from pruning_course.cli import main
 
-
-@pytest.fixture
-def run(capsys):
-    def _run(*argv):
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return _run
 
 
 TINY = ["--model", "tiny-llama", "--seqlen", "64", "--max-eval-windows", "4", "--quiet"]

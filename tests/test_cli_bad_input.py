@@ -20,15 +20,6 @@ PRUNE = ["prune", "--method", "magnitude", "--sparsity", "0.5"]
 
 
 @pytest.fixture
-def run(capsys):
-    def _run(*argv):
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return _run
-
-
-@pytest.fixture
 def no_loading(monkeypatch):
     """Fail the test if the command gets as far as loading a model."""
     def refuse(*args, **kwargs):

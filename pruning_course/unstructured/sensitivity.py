@@ -36,7 +36,6 @@ from ..calibration import run_blockwise
 from ..evaluate import perplexity
 from ..masks import validate_sparsity
 from ..schedules import block_parameter_counts, linear_schedule, schedule_sparsity
-from ..methods import get_method
 
 __all__ = [
     "LayerSensitivity",
@@ -95,6 +94,8 @@ def pruned_weights(
     statistics of block ``l`` come from the *dense* blocks before it (each unit is pruned alone).
     ``scope`` is magnitude's comparison group ("matrix", the papers' baseline, or "row").
     """
+    from ..methods import get_method  # the registry imports this package's methods: import it when called
+
     spec = get_method(method, purpose="sensitivity analysis")
     sparsity = validate_sparsity(sparsity)
     options = {"scope": scope} if "scope" in spec.options else {}
