@@ -334,3 +334,15 @@ def prune_and_measure(
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return record
 
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (ties broken arbitrarily): how well one
+    ranking (a cheap proxy score) orders things like another (the measured damage). NaN for fewer
+    than three values."""
+    if len(a) != len(b):
+        raise ValueError(f"rank_correlation needs two sequences of one length, got {len(a)} and {len(b)}")
+    if len(a) <= 2:
+        return float("nan")
+    ranks = [torch.as_tensor(x).argsort().argsort().double() for x in (a, b)]
+    return float(torch.corrcoef(torch.stack(ranks))[0, 1])
+

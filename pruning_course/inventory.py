@@ -112,3 +112,11 @@ def prune_parameters(model: nn.Module, adapter: ArchitectureAdapter) -> list[tup
     embeddings or the LM head.
     """
     return [(module, "weight") for module in adapter.named_linears(model).values()]
+
+
+def macs_per_token(model: nn.Module, adapter: ArchitectureAdapter) -> int:
+    """Multiply-adds per token of the decoder blocks' linear layers and the LM head: what structured
+    pruning removes from a forward pass (attention over the context is not counted)."""
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for m in adapter.named_linears(model).values()) + (head.weight.numel() if head is not None else 0)
+

@@ -109,3 +109,20 @@ def test_prune_and_measure_is_the_record_the_cli_writes(tiny, windows):
     assert abs(record["sparsity"] - 0.5) < 0.01 and record["eval_tokens"] == 4 * 32 and record["ppl"] > 0
     owl = prune_and_measure(copy.deepcopy(model), adapter, "wanda", 0.7, None, windows, owl=(5.0, 0.05))
     assert len(owl["block_sparsities"]) == 2 and "ppl" not in owl
+
+
+def test_rank_correlation_and_macs_per_token():
+    from pruning_course.evaluate import rank_correlation
+    from pruning_course.inventory import macs_per_token
+    from pruning_course.architectures import adapter_for
+    from pruning_course.testing import tiny_model
+
+    a = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert rank_correlation(a, a * 10) == pytest.approx(1.0)
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert rank_correlation(a, a ** 3) == pytest.approx(1.0)  # ranks only: any increasing map
+    assert rank_correlation(a[:2], a[:2]) != rank_correlation(a[:2], a[:2])  # NaN below three values
+    model, _ = tiny_model("llama")
+    adapter = adapter_for(model)
+    blocks = sum(m.weight.numel() for m in adapter.named_linears(model).values())
+    assert macs_per_token(model, adapter) == blocks + model.lm_head.weight.numel()
