@@ -32,6 +32,27 @@ from .schedules import BlockSparsity, block_sparsities
 LayerStep = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 
+def for_each_linear(model: nn.Module, adapter: ArchitectureAdapter, step, *, statistic: type[InputStatistic] | None = None,
+                    windows: torch.Tensor | None = None, batch_size: int = 8, device=None, progress: bool = True,
+                    description: str = "calibrating") -> None:
+    """Call ``step(block_index, full_name, linear, statistic)`` for every prunable linear, in block order.
+
+    The skeleton every one-shot method and GPTQ share: with a ``statistic`` class, block by block on
+    the calibration engine (:func:`~pruning_course.calibration.run_blockwise`; the statistic passed
+    is the accumulated one, and block ``i`` sees the outputs of the already changed blocks before
+    it); without one, directly (``statistic`` is then None)."""
+    def on_block(index: int, block: nn.Module, stats: dict[str, InputStatistic]) -> None:
+        for name, linear in adapter.linears(block).items():
+            step(index, f"{adapter.blocks_path}.{index}.{name}", linear, stats.get(name))
+
+    if statistic is None:
+        for index, block in enumerate(adapter.blocks(model)):
+            on_block(index, block, {})
+        return
+    run_blockwise(model, adapter, windows, on_block, statistic=statistic, batch_size=batch_size, device=device,
+                  progress=progress, description=description)
+
+
 @dataclass(frozen=True)
 class OneShotMethod:
     """A one-shot pruning method: its calibration statistic and its per-layer step.
@@ -86,18 +107,13 @@ class OneShotMethod:
         targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
         masks: dict[str, torch.Tensor] = {}
 
-        def prune_block(index: int, block: nn.Module, stats: dict[str, InputStatistic]) -> None:
-            for name, linear in adapter.linears(block).items():
-                pruned, mask = self.pruned_layer(weight_matrix(linear), stats.get(name), targets[index], nm, **options)
-                set_weight_matrix(linear, pruned)
-                masks[f"{adapter.blocks_path}.{index}.{name}"] = mask.cpu()
+        def prune_layer(index: int, name: str, linear: nn.Module, statistic: InputStatistic | None) -> None:
+            pruned, mask = self.pruned_layer(weight_matrix(linear), statistic, targets[index], nm, **options)
+            set_weight_matrix(linear, pruned)
+            masks[name] = mask.cpu()
 
-        if not self.needs_data:
-            for index, block in enumerate(adapter.blocks(model)):
-                prune_block(index, block, {})
-            return masks
-        if windows is None:
+        if self.needs_data and windows is None:
             raise ValueError(f"{self.name} is calibrated: pass calibration windows (data.calibration_windows)")
-        run_blockwise(model, adapter, windows, prune_block, statistic=self.statistic,
-                      batch_size=batch_size, device=device, progress=progress, description=self.name)
+        for_each_linear(model, adapter, prune_layer, statistic=self.statistic, windows=windows, batch_size=batch_size,
+                        device=device, progress=progress, description=self.name)
         return masks

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
-from ..calibration import InputHessian, run_blockwise
+from ..calibration import InputHessian
+from ..oneshot import for_each_linear
 from .gptq import gptq_quantize
 from .rtn import check_bits, dequantize, quantize_rtn
 
@@ -116,34 +117,21 @@ def quantize_model(
     check_group_fits(model, adapter, group_size)
     quantized: dict[str, QuantizedWeight] = {}
 
-    def store(name: str, linear: nn.Module, result) -> None:
-        codes, scales, zeros = result
-        q = QuantizedWeight(codes.cpu(), scales.cpu(), zeros.cpu(), bits, sym)
-        set_weight_matrix(linear, dequantize(codes, scales, zeros))
-        quantized[name] = q
-
-    if method == "rtn":
-        for name, linear in adapter.named_linears(model).items():
-            weight = weight_matrix(linear)
-            mask = _keep_mask(name, weight, masks, keep_zeros)
-            store(name, linear, quantize_rtn(weight if mask is None else weight * mask, bits, group_size, sym))
-        return quantized
-
-    if windows is None:
+    if method == "gptq" and windows is None:
         raise ValueError("GPTQ is calibrated: pass calibration windows (pruning_course.data.calibration_windows)")
 
-    def on_block(index: int, block: nn.Module, stats: dict[str, InputHessian]) -> None:
-        for name, linear in adapter.linears(block).items():
-            full = f"{adapter.blocks_path}.{index}.{name}"
-            weight = weight_matrix(linear)
-            mask = _keep_mask(full, weight, masks, keep_zeros)
-            result = gptq_quantize(
-                weight, stats[name].value, bits, group_size, sym=sym, blocksize=blocksize, percdamp=percdamp, mask=mask
-            )
-            store(full, linear, result)
+    def quantize_layer(_index: int, name: str, linear: nn.Module, hessian: InputHessian | None) -> None:
+        weight = weight_matrix(linear)
+        mask = _keep_mask(name, weight, masks, keep_zeros)
+        if hessian is None:  # RTN
+            codes, scales, zeros = quantize_rtn(weight if mask is None else weight * mask, bits, group_size, sym)
+        else:
+            codes, scales, zeros = gptq_quantize(weight, hessian.value, bits, group_size, sym=sym, blocksize=blocksize,
+                                                 percdamp=percdamp, mask=mask)
+        set_weight_matrix(linear, dequantize(codes, scales, zeros))
+        quantized[name] = QuantizedWeight(codes.cpu(), scales.cpu(), zeros.cpu(), bits, sym)
 
-    run_blockwise(
-        model, adapter, windows, on_block, statistic=InputHessian,
-        batch_size=batch_size, device=device, progress=progress, description=f"gptq-int{bits}",
-    )
+    for_each_linear(model, adapter, quantize_layer, statistic=InputHessian if method == "gptq" else None,
+                    windows=windows, batch_size=batch_size, device=device, progress=progress,
+                    description=f"gptq-int{bits}")
     return quantized
