@@ -284,7 +284,9 @@ def _run_dedup(exact_dedup: Callable, texts: Sequence[str], num_proc: int | None
 
 
 def _diagnose_dedup(result: list[str], texts: list[str], num_proc: int | None, seen_before: set[str], where: str) -> None:
-    reference = _dedup_keep(texts, curation.normalize_text)
+    with _quiet_datasets():  # the package's exact_dedup is the reference
+        kept, _ = curation.exact_dedup(datasets.Dataset.from_dict({curation.TEXT: list(texts)}))
+    reference = list(kept[curation.TEXT])
     if result == reference:
         return
     if num_proc and num_proc > 1 and result == _per_worker_dedup(texts, num_proc):
