@@ -83,6 +83,32 @@ class InputHessian(InputStatistic):
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
+def record_layer_inputs(model: nn.Module, names, windows: torch.Tensor, *, batch_size: int = 4,
+                        run: Callable[[list[torch.Tensor]], None] | None = None) -> dict[str, torch.Tensor]:
+    """The inputs ``(tokens, in_features)`` of the named layers while ``model`` runs over ``windows``.
+
+    Forward hooks on the layers ``names`` (full module names) collect what each receives over the
+    batches of ``batch_size`` windows; ``run(batches)``, if given, replaces the plain forward loop
+    (a function under test that runs the model itself). The hooks are removed even if it raises.
+    For whole-model calibration use :func:`run_blockwise`; this is for looking at a few layers."""
+    store: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    handles = [model.get_submodule(name).register_forward_hook(
+                   lambda _m, args, _out, name=name: store[name].append(args[0].detach().reshape(-1, args[0].shape[-1])))
+               for name in names]
+    try:
+        batches = list(windows.split(batch_size))
+        if run is None:
+            with torch.no_grad():
+                for batch in batches:
+                    model(input_ids=batch, use_cache=False)
+        else:
+            run(batches)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in store.items()}
+
+
 def layer_hessian(x: torch.Tensor) -> torch.Tensor:
     """``H = 2/n X^T X`` for one layer's inputs ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``:
     what :class:`InputHessian` accumulates during calibration, for inputs already at hand (float32)."""

@@ -170,3 +170,23 @@ def test_a_failing_step_leaves_the_model_as_it_was_found(tiny, windows):
         run_blockwise(model, adapter, windows, fails, progress=False)
     assert model.training  # run_blockwise evaluates in eval mode and restores the mode it found
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_record_layer_inputs_sees_what_each_layer_receives(tiny, windows):
+    from pruning_course.calibration import layer_hessian, record_layer_inputs
+
+    model, adapter, _ = tiny
+    names = list(adapter.named_linears(model))[:2]
+    inputs = record_layer_inputs(model, names, windows)
+    stats = {}
+
+    def on_block(index, block, block_stats):
+        for name, stat in block_stats.items():
+            stats[f"{adapter.blocks_path}.{index}.{name}"] = stat.value
+
+    from pruning_course.calibration import InputHessian
+    run_blockwise(model, adapter, windows, on_block, statistic=InputHessian, progress=False)
+    for name in names:
+        assert inputs[name].shape == (windows.numel(), weight_matrix(model.get_submodule(name)).shape[1])
+        assert torch.allclose(layer_hessian(inputs[name]), stats[name], atol=1e-5)
+    assert not any(m._forward_hooks for m in model.modules())
