@@ -25,8 +25,8 @@ nbformat = pytest.importorskip("nbformat")
 
 from pruning_course import grading  # noqa: E402
 from pruning_course.grading import drift, generate, grade, validate  # noqa: E402
-from pruning_course.grading.notebooks import _Catalog  # noqa: E402
-from pruning_course.grading.submissions import _discover, _restore_tests  # noqa: E402
+from pruning_course.grading.notebooks import Catalog  # noqa: E402
+from pruning_course.grading.submissions import discover_submissions, _restore_tests  # noqa: E402
 
 SOLUTIONS = Path(__file__).parent / "fixtures" / "grading" / "solutions"
 A = NB = "fixture_basics"
@@ -40,7 +40,7 @@ CLIP = "def clip(x, lo, hi):\n    return max(lo, min(hi, x))"
 # ---------------------------------------------------------------------------------------------
 
 
-def _grade_id(cell):
+def grade_id_of(cell):
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
@@ -48,8 +48,8 @@ def _variant(release, **code):
     """The student version with the given solution cells (by grade id) filled in."""
     nb = copy.deepcopy(release)
     for cell in nb.cells:
-        if _grade_id(cell) in code:
-            cell.source = code[_grade_id(cell)]
+        if grade_id_of(cell) in code:
+            cell.source = code[grade_id_of(cell)]
     return nb
 
 
@@ -151,9 +151,9 @@ def test_validate_accepts_good_and_reports_broken_assignments(course, tmp_path):
     (solutions / A / f"{NB}.ipynb").write_bytes((SOLUTIONS / A / f"{NB}.ipynb").read_bytes())
     broken = copy.deepcopy(course["source"])
     for cell in broken.cells:
-        if _grade_id(cell) == "mean":  # the "solution" is wrong
+        if grade_id_of(cell) == "mean":  # the "solution" is wrong
             cell.source = "def mean(xs):\n    ### BEGIN SOLUTION\n    return 0\n    ### END SOLUTION"
-        if _grade_id(cell) == "clip":  # a test that passes without any student work
+        if grade_id_of(cell) == "clip":  # a test that passes without any student work
             cell.source = "def clip(x, lo, hi):\n    return max(lo, min(hi, x))"
             cell.metadata["nbgrader"]["solution"] = False
             cell.metadata["nbgrader"]["locked"] = True
@@ -233,7 +233,7 @@ def test_deleted_test_cells_are_restored_and_scored(batch):
     assert (g.score, g.max_score, g.status) == (4, 4, "cells_restored")
     assert "test_add, test_mean, test_clip were put back" in g.reason
     graded = nbformat.read(batch["out"] / "autograded" / "frank" / A / f"{NB}.ipynb", as_version=4)
-    order = [_grade_id(c) for c in graded.cells]
+    order = [grade_id_of(c) for c in graded.cells]
     # back in their places, hidden tests included
     assert order == ["intro", "setup", "add_md", "add", "test_add", "mean_md", "mean", "test_mean",
                      "clip_md", "clip", "test_clip"]
@@ -251,7 +251,7 @@ def test_stderr_noise_in_a_test_cell_costs_nothing(batch):
     # test_add prints a progress bar to stderr; alice still has full marks (checked above) and
     # the stderr output is gone from the graded notebook
     graded = nbformat.read(batch["out"] / "autograded" / "alice" / A / f"{NB}.ipynb", as_version=4)
-    cell = next(c for c in graded.cells if _grade_id(c) == "test_add")
+    cell = next(c for c in graded.cells if grade_id_of(c) == "test_add")
     assert not [o for o in cell.outputs if o.get("name") == "stderr"]
 
 
@@ -342,7 +342,7 @@ def test_zip_regrade_and_wall_clock_limit(batch, course, tmp_path):
 
 
 def test_discover_submission_layouts(tmp_path):
-    catalog = _Catalog(tmp_path, {"01_why_pruning": ["01_why_pruning"], "02_wanda": ["02_wanda"]})
+    catalog = Catalog(tmp_path, {"01_why_pruning": ["01_why_pruning"], "02_wanda": ["02_wanda"]})
     files = [
         "submitted/alice/01_why_pruning/01_why_pruning.ipynb",   # nbgrader
         "bob/02_wanda.ipynb",                                    # folder per student
@@ -363,7 +363,7 @@ def test_discover_submission_layouts(tmp_path):
         import os
 
         os.utime(p, (1000 + i, 1000 + i))
-    subs, skipped = _discover(tmp_path / "in", catalog)
+    subs, skipped = discover_submissions(tmp_path / "in", catalog)
     found = {(s.student, s.assignment, s.notebook): s for s in subs}
     assert sorted(found) == [
         ("Jane_Doe_123_assignsubmission_file", "01_why_pruning", "01_why_pruning"),
@@ -385,12 +385,12 @@ def test_restore_tests_when_the_preceding_cell_is_gone_too(course):
     # source cell, which the student also deleted); our restore anchors on what is left
     release = course["release"]
     nb = copy.deepcopy(release)
-    nb.cells = [c for c in nb.cells if _grade_id(c) not in {"mean", "test_mean", "test_clip"}]
+    nb.cells = [c for c in nb.cells if grade_id_of(c) not in {"mean", "test_mean", "test_clip"}]
     restored = _restore_tests(nb, release)
     assert restored == ["test_mean", "test_clip"]
-    assert [_grade_id(c) for c in nb.cells] == ["intro", "setup", "add_md", "add", "test_add", "mean_md",
+    assert [grade_id_of(c) for c in nb.cells] == ["intro", "setup", "add_md", "add", "test_add", "mean_md",
                                                 "test_mean", "clip_md", "clip", "test_clip"]
     # a notebook with no nbgrader cells at all gets the tests appended in order
     bare = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ADD)])
     assert _restore_tests(bare, release) == ["test_add", "test_mean", "test_clip"]
-    assert [_grade_id(c) for c in bare.cells] == [None, "test_add", "test_mean", "test_clip"]
+    assert [grade_id_of(c) for c in bare.cells] == [None, "test_add", "test_mean", "test_clip"]

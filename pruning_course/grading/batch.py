@@ -16,15 +16,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .course import _Course, _failure_summary, _gradebook_cells, _gradebook_scores
+from .course import Course, failure_summary, gradebook_cells, gradebook_scores
 from .notebooks import (
-    _catalog,
-    _cell_errors,
-    _dumps,
-    _nbmeta,
-    _read_notebook,
-    _run_flags,
-    _write_bytes,
+    catalog_of,
+    cell_errors,
+    notebook_bytes,
+    nbgrader_metadata,
+    read_notebook,
+    run_flags,
+    write_bytes_atomically,
 )
 from .reports import (
     CSV_FIELDS,
@@ -33,10 +33,10 @@ from .reports import (
     GradeReport,
     GradingError,
     NotebookGrade,
-    _num,
-    _short,
+    as_number,
+    shorten,
 )
-from .submissions import _discover, _extract_zip, _prepare, _Submission
+from .submissions import discover_submissions, extract_zip, prepare_submission, Submission
 
 # ---------------------------------------------------------------------------------------------
 # grade
@@ -53,12 +53,12 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
     ``out_dir`` (``grades.csv``, feedback, gradebook); grading the same student again replaces
     that student's grade and keeps everyone else's."""
     start = time.time()
-    catalog = _catalog(solutions_dir)
+    catalog = catalog_of(solutions_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     db_path = out / "gradebook.db"
     report = GradeReport(out_dir=out, csv_path=out / "grades.csv")
-    with _out_dir_lock(out), _Course(catalog, db_path, timeout=timeout, quick=quick, config=config) as course:
+    with _out_dir_lock(out), Course(catalog, db_path, timeout=timeout, quick=quick, config=config) as course:
         if db_path.exists():
             shutil.copyfile(db_path, out / "gradebook.db.bak")
         src = Path(submissions).resolve()
@@ -67,12 +67,12 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
         if src.is_file() and src.suffix.lower() == ".zip":
             root = course.tmp / "upload"
             root.mkdir()
-            report.skipped += _extract_zip(src, root)
+            report.skipped += extract_zip(src, root)
         else:
             root = src
-        subs, skipped = _discover(root, catalog, exclude=out)
+        subs, skipped = discover_submissions(root, catalog, exclude=out)
         report.skipped += skipped
-        groups: dict[tuple[str, str], list[_Submission]] = {}
+        groups: dict[tuple[str, str], list[Submission]] = {}
         for s in subs:
             groups.setdefault((s.student, s.assignment), []).append(s)
         if groups:
@@ -101,7 +101,7 @@ class _Job:
     student: str
     assignment: str
     notebooks: list[str]
-    submitted: dict[str, _Submission]
+    submitted: dict[str, Submission]
     notes: dict[str, list[str]] = field(default_factory=dict)
     flags: dict[str, set] = field(default_factory=dict)
     code_cells: int = 0
@@ -151,7 +151,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _grade_batch(course: _Course, out: Path, groups: dict, wall_timeout: float | None) -> list[NotebookGrade]:
+def _grade_batch(course: Course, out: Path, groups: dict, wall_timeout: float | None) -> list[NotebookGrade]:
     jobs = []
     for (student, a), group in sorted(groups.items()):
         job = _Job(student, a, course.catalog.assignments[a], {s.notebook: s for s in group})
@@ -161,7 +161,7 @@ def _grade_batch(course: _Course, out: Path, groups: dict, wall_timeout: float |
         try:
             _prepare_job(course, job)
         except Exception as exc:  # never let one submission stop the batch
-            job.problem = _short(f"internal error while reading the submission ({type(exc).__name__}: {exc})")
+            job.problem = shorten(f"internal error while reading the submission ({type(exc).__name__}: {exc})")
         jobs.append(job)
 
     def tasks_for(batch: list[_Job], limit) -> list[dict]:
@@ -182,7 +182,7 @@ def _grade_batch(course: _Course, out: Path, groups: dict, wall_timeout: float |
     results = course.run(tasks_for(runnable, lambda j: wall_timeout or course.timeout * (j.code_cells + 2) + 180))
     for job, (auto, _feedback) in zip(runnable, zip(results[::2], results[1::2])):
         if not auto.get("success"):
-            job.problem = _failure_summary(auto)
+            job.problem = failure_summary(auto)
         elif not all(course.autograded_nb(job.student, job.assignment, nb).exists() for nb in job.submitted):
             job.problem = "nbgrader produced no graded notebook"
 
@@ -200,7 +200,7 @@ def _grade_batch(course: _Course, out: Path, groups: dict, wall_timeout: float |
         retry = course.run(tasks_for(failed, lambda j: course.timeout * 4 + 300))
         for job, auto in zip(failed, retry[::2]):
             if not auto.get("success"):
-                job.note(None, None, f"grading the unmodified student version failed too ({_failure_summary(auto)})")
+                job.note(None, None, f"grading the unmodified student version failed too ({failure_summary(auto)})")
 
     grades = []
     for job in jobs:
@@ -209,47 +209,47 @@ def _grade_batch(course: _Course, out: Path, groups: dict, wall_timeout: float |
         except Exception as exc:
             for nb in job.notebooks:
                 grades.append(NotebookGrade(job.student, job.assignment, nb, 0.0, 0.0, "error",
-                                            _short(f"internal grading error ({type(exc).__name__}: {exc})", 400),
+                                            shorten(f"internal grading error ({type(exc).__name__}: {exc})", 400),
                                             submitted=job.submitted[nb].origin if nb in job.submitted else ""))
     return grades
 
 
-def _prepare_job(course: _Course, job: _Job) -> None:
+def _prepare_job(course: Course, job: _Job) -> None:
     """Write the student's notebooks, made safe for nbgrader, into ``submitted/``."""
     sub_dir = course.submitted_dir(job.student, job.assignment)
     if sub_dir.exists():
         shutil.rmtree(sub_dir)
     sub_dir.mkdir(parents=True)
     for nb in job.notebooks:
-        release = _read_notebook(course.release_nb(job.assignment, nb))
+        release = read_notebook(course.release_nb(job.assignment, nb))
         if nb not in job.submitted:
             job.note(nb, "missing", "this notebook was not submitted")
             continue
-        prepared, unreadable, restored = _prepare(job.submitted[nb].path, release)
+        prepared, unreadable, restored = prepare_submission(job.submitted[nb].path, release)
         if prepared is None:
             job.note(nb, "invalid", f"{unreadable}; it was graded as the unmodified student version (zero)")
             prepared = release
         elif restored:
             job.note(nb, "cells_restored", f"deleted test cell(s) {', '.join(restored)} were put back and graded")
         job.code_cells += sum(c.cell_type == "code" for c in prepared.cells)
-        (sub_dir / f"{nb}.ipynb").write_text(_dumps(prepared), encoding="utf-8")
+        (sub_dir / f"{nb}.ipynb").write_text(notebook_bytes(prepared), encoding="utf-8")
 
 
-def _collect(course: _Course, out: Path, job: _Job) -> list[NotebookGrade]:
+def _collect(course: Course, out: Path, job: _Job) -> list[NotebookGrade]:
     """Scores from the gradebook, reasons from the executed notebooks; publish feedback."""
     student, a = job.student, job.assignment
     grades = []
     for nb in job.notebooks:
         flags, notes = job.flags[nb], job.notes[nb]
-        cells = _gradebook_cells(course.db_path, student, a, nb) or {}
+        cells = gradebook_cells(course.db_path, student, a, nb) or {}
         graded_nb = course.autograded_nb(student, a, nb)
         if "error" not in flags:
-            for flag in _run_flags(graded_nb):
+            for flag in run_flags(graded_nb):
                 kind, sentence = flag.split(": ", 1)
                 flags.add(kind)
                 notes.append(sentence)
-        errors = _cell_errors(graded_nb)
-        failed = [f"{gid} ({_num(c['score'] or 0)}/{_num(c['max_score'])})"
+        errors = cell_errors(graded_nb)
+        failed = [f"{gid} ({as_number(c['score'] or 0)}/{as_number(c['max_score'])})"
                   + (f": {errors[gid]}" if gid in errors else "")
                   for gid, c in cells.items() if not c["manual"] and (c["score"] or 0) < c["max_score"]]
         manual = [gid for gid, c in cells.items() if c["manual"]]
@@ -273,12 +273,12 @@ def _collect(course: _Course, out: Path, job: _Job) -> list[NotebookGrade]:
 
 def _max_points(path: Path) -> float:
     try:
-        return float(sum(_nbmeta(c).get("points", 0) or 0 for c in _read_notebook(path).cells if _nbmeta(c).get("grade")))
+        return float(sum(nbgrader_metadata(c).get("points", 0) or 0 for c in read_notebook(path).cells if nbgrader_metadata(c).get("grade")))
     except Exception:
         return 0.0
 
 
-def _publish(course: _Course, out: Path, student: str, a: str, nb: str, score: float, max_score: float,
+def _publish(course: Course, out: Path, student: str, a: str, nb: str, score: float, max_score: float,
              status: str, reason: str) -> Path:
     """Copy the feedback (with a grading-notes box) and the executed notebook into ``out``."""
     box = _notes_box(student, nb, score, max_score, status, reason)
@@ -292,12 +292,12 @@ def _publish(course: _Course, out: Path, student: str, a: str, nb: str, score: f
     else:
         page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(nb)}</title></head>"
                 f"<body>\n{box}\n<p>No feedback notebook could be produced for this submission.</p></body></html>\n")
-    _write_bytes(dst, page.encode("utf-8"))
+    write_bytes_atomically(dst, page.encode("utf-8"))
     graded = course.autograded_nb(student, a, nb)
     if graded.exists():
         target = out / "autograded" / student / a / f"{nb}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_bytes(target, graded.read_bytes())
+        write_bytes_atomically(target, graded.read_bytes())
     return dst
 
 
@@ -307,7 +307,7 @@ def _notes_box(student, nb, score, max_score, status, reason) -> str:
     return (f'<div id="autograder-notes" style="border:2px solid {colour};border-radius:6px;margin:1em;'
             f'padding:0.6em 1em;font-family:sans-serif;background:#fafafa">'
             f"<strong>Autograder</strong> &mdash; {html.escape(student)}, {html.escape(nb)}: "
-            f"score {_num(score)} / {_num(max_score)} (status: {html.escape(status)})"
+            f"score {as_number(score)} / {as_number(max_score)} (status: {html.escape(status)})"
             f"<ul>{items}</ul></div>")
 
 
@@ -329,26 +329,26 @@ def _save_status(out: Path, grades: list[NotebookGrade]) -> None:
             "student": g.student, "assignment": g.assignment, "notebook": g.notebook,
             "score": g.score, "max_score": g.max_score, "status": g.status, "reason": g.reason,
             "submitted": g.submitted, "graded_at": now}
-    _write_bytes(path, json.dumps(dict(sorted(status.items())), indent=1).encode())
+    write_bytes_atomically(path, json.dumps(dict(sorted(status.items())), indent=1).encode())
 
 
 def _write_csv(out: Path, db_path: Path) -> None:
     """``grades.csv``: every notebook graded into this ``out_dir``; scores from the gradebook."""
     path = out / "grading_status.json"
     status = json.loads(path.read_text()) if path.exists() else {}
-    scores = _gradebook_scores(db_path)
+    scores = gradebook_scores(db_path)
     rows = {}
     for rec in status.values():
         key = (rec["student"], rec["assignment"], rec["notebook"])
         score, max_score = scores.get(key, (rec["score"], rec["max_score"]))
         rows[key] = {**{k: rec[k] for k in ("student", "assignment", "notebook", "status", "reason")},
-                     "score": _num(score), "max_score": _num(max_score)}
+                     "score": as_number(score), "max_score": as_number(max_score)}
     for key, (score, max_score) in scores.items():
         rows.setdefault(key, {"student": key[0], "assignment": key[1], "notebook": key[2],
-                              "score": _num(score), "max_score": _num(max_score), "status": "graded", "reason": ""})
+                              "score": as_number(score), "max_score": as_number(max_score), "status": "graded", "reason": ""})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     for key in sorted(rows):
         w.writerow(rows[key])
-    _write_bytes(out / "grades.csv", buf.getvalue().encode())
+    write_bytes_atomically(out / "grades.csv", buf.getvalue().encode())

@@ -1,4 +1,4 @@
-"""The throwaway nbgrader course directory (:class:`_Course`), the worker processes that run
+"""The throwaway nbgrader course directory (:class:`Course`), the worker processes that run
 nbgrader in it (``_worker_main``, watched and killed from outside), and reading the gradebook."""
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import settings
-from .notebooks import _Catalog, _ignored
-from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, _short
+from .notebooks import Catalog, is_ignored
+from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, shorten
 
 _WORKER = "import sys; from pruning_course.grading.course import _worker_main; _worker_main(sys.argv[1:])"
 
 
-class _Course:
+class Course:
     """A temporary nbgrader course: ``source/``, ``release/``, ``submitted/``, ``autograded/``, ``feedback/``."""
 
-    def __init__(self, catalog: _Catalog, db_path: Path | None = None, *, timeout: int = DEFAULT_TIMEOUT,
+    def __init__(self, catalog: Catalog, db_path: Path | None = None, *, timeout: int = DEFAULT_TIMEOUT,
                  quick: bool = True, config: str | Path | None = None):
         self.catalog = catalog
         self.timeout = int(timeout)
@@ -124,7 +124,7 @@ class _Course:
             dst = self.root / "source" / a
             if dst.exists():
                 continue
-            shutil.copytree(self.catalog.root / a, dst, ignore=lambda _d, names: [n for n in names if _ignored(n)])
+            shutil.copytree(self.catalog.root / a, dst, ignore=lambda _d, names: [n for n in names if is_ignored(n)])
 
     # -- paths ------------------------------------------------------------------------------
     def release_nb(self, a: str, nb: str) -> Path:
@@ -228,13 +228,13 @@ class _Course:
         if bad:
             log = (self.tmp / "workers.log").read_text(errors="replace")[-3000:]
             raise GradingError(f"nbgrader generate_assignment failed for {bad[0]['assignment']}: "
-                               f"{_failure_summary(bad[0])}\n{log}")
+                               f"{failure_summary(bad[0])}\n{log}")
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def __enter__(self) -> "_Course":
+    def __enter__(self) -> "Course":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -247,7 +247,7 @@ def _short_temp_dir(prefix: str) -> Path:
     multiprocessing (datasets' ``num_proc``, used by notebook 12) puts AF_UNIX sockets in the
     temp dir, two folders deep, and a socket path longer than 108 bytes fails with a bare
     ``EOFError``. So the folder goes in the temp dir when its path is short, else in ``/tmp``;
-    :meth:`_Course.close` removes it either way."""
+    :meth:`Course.close` removes it either way."""
     base = tempfile.gettempdir()
     if len(base) > 40 and os.name == "posix" and os.path.isdir("/tmp") and os.access("/tmp", os.W_OK):
         base = "/tmp"
@@ -387,7 +387,7 @@ def _ensure_gradebook(db: Path) -> None:
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
 
 
-def _failure_summary(result: dict) -> str:
+def failure_summary(result: dict) -> str:
     """One line saying why an nbgrader task failed, from its log and traceback."""
     if result.get("failure"):
         return result["failure"]
@@ -399,9 +399,9 @@ def _failure_summary(result: dict) -> str:
         if m and not m.group(1).endswith("NbGraderException"):
             candidates.append(line)
     if candidates:
-        return _short(candidates[-1])
+        return shorten(candidates[-1])
     errors = [ln[len("[ERROR] "):] for ln in text.splitlines() if ln.startswith("[ERROR]")]
-    return _short(errors[0] if errors else "nbgrader reported an error (see the log)")
+    return shorten(errors[0] if errors else "nbgrader reported an error (see the log)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +415,7 @@ def _gradebook(db_path: Path):
     return Gradebook(f"sqlite:///{db_path}", COURSE_ID)
 
 
-def _gradebook_cells(db_path: Path, student: str, a: str, nb: str) -> dict | None:
+def gradebook_cells(db_path: Path, student: str, a: str, nb: str) -> dict | None:
     """``{grade_id: {"score", "max_score", "manual"}}`` of one submitted notebook, or None."""
     from nbgrader.api import MissingEntry
 
@@ -434,7 +434,7 @@ def _gradebook_cells(db_path: Path, student: str, a: str, nb: str) -> dict | Non
         return out
 
 
-def _gradebook_scores(db_path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+def gradebook_scores(db_path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
     out = {}
     if not db_path.exists():
         return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .reports import GradingError, _short
+from .reports import GradingError, shorten
 
 _IGNORE = (".ipynb_checkpoints", "__pycache__", "*.pyc", "feedback", ".DS_Store", "__MACOSX", ".*")
 _CELL_METADATA_DROP = ("execution", "ExecuteTime")
@@ -23,7 +23,7 @@ _CELL_METADATA_DROP = ("execution", "ExecuteTime")
 
 
 @dataclass
-class _Catalog:
+class Catalog:
     root: Path
     assignments: dict[str, list[str]]  # assignment -> notebook names (without .ipynb)
 
@@ -32,18 +32,18 @@ class _Catalog:
         return {nb: a for a, nbs in self.assignments.items() for nb in nbs}
 
 
-def _ignored(name: str) -> bool:
+def is_ignored(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pat) for pat in _IGNORE)
 
 
-def _catalog(solutions_dir, assignments: Iterable[str] | None = None) -> _Catalog:
+def catalog_of(solutions_dir, assignments: Iterable[str] | None = None) -> Catalog:
     root = Path(solutions_dir).resolve()
     if not root.is_dir():
         raise GradingError(f"solutions directory not found: {root}")
     found: dict[str, list[str]] = {}
     for d in sorted(root.iterdir()):
-        if d.is_dir() and not _ignored(d.name):
-            nbs = sorted(p.stem for p in d.glob("*.ipynb") if not _ignored(p.name))
+        if d.is_dir() and not is_ignored(d.name):
+            nbs = sorted(p.stem for p in d.glob("*.ipynb") if not is_ignored(p.name))
             if nbs:
                 found[d.name] = nbs
     if assignments is not None:
@@ -61,7 +61,7 @@ def _catalog(solutions_dir, assignments: Iterable[str] | None = None) -> _Catalo
                 raise GradingError(f"notebook name {nb!r} is used by assignments {owners[nb]!r} and {a!r}; "
                                    "notebook names must be unique across the course")
             owners[nb] = a
-    return _Catalog(root, found)
+    return Catalog(root, found)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,26 +69,26 @@ def _catalog(solutions_dir, assignments: Iterable[str] | None = None) -> _Catalo
 # ---------------------------------------------------------------------------------------------
 
 
-def _nbformat():
+def nbformat_module():
     import nbformat
 
     return nbformat
 
 
-def _nbmeta(cell) -> dict:
+def nbgrader_metadata(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {}) or {}
 
 
-def _grade_id(cell) -> str | None:
-    return _nbmeta(cell).get("grade_id")
+def grade_id_of(cell) -> str | None:
+    return nbgrader_metadata(cell).get("grade_id")
 
 
-def _is_test(cell) -> bool:
-    m = _nbmeta(cell)
+def is_test_cell(cell) -> bool:
+    m = nbgrader_metadata(cell)
     return bool(m.get("grade")) and not m.get("solution") and cell.get("cell_type") == "code"
 
 
-def _normalize(nb) -> None:
+def normalize_notebook(nb) -> None:
     """Strip per-run noise (execution timings) and make cell ids present and unique."""
     seen: set[str] = set()
     for i, cell in enumerate(nb.cells):
@@ -96,7 +96,7 @@ def _normalize(nb) -> None:
             cell.get("metadata", {}).pop(key, None)
         cid = cell.get("id")
         if not cid or not re.fullmatch(r"[a-zA-Z0-9-_]{1,64}", str(cid)) or cid in seen:
-            base = re.sub(r"[^a-zA-Z0-9-_]", "-", str(_grade_id(cell) or cid or f"cell-{i}"))[:56] or f"cell-{i}"
+            base = re.sub(r"[^a-zA-Z0-9-_]", "-", str(grade_id_of(cell) or cid or f"cell-{i}"))[:56] or f"cell-{i}"
             cid, k = base, 1
             while cid in seen:
                 cid, k = f"{base}-{k}", k + 1
@@ -105,18 +105,18 @@ def _normalize(nb) -> None:
     nb.nbformat, nb.nbformat_minor = 4, max(5, nb.get("nbformat_minor", 5))
 
 
-def _dumps(nb) -> str:
-    text = _nbformat().writes(nb)
+def notebook_bytes(nb) -> str:
+    text = nbformat_module().writes(nb)
     return text if text.endswith("\n") else text + "\n"
 
 
-def _read_notebook(path: Path):
-    nbformat = _nbformat()
+def read_notebook(path: Path):
+    nbformat = nbformat_module()
     with open(path, encoding="utf-8-sig") as f:
         return nbformat.read(f, as_version=4)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically (nbgrader leaves read-only files behind; never write through them)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -139,14 +139,14 @@ _RUN_ERRORS = {
 }
 
 
-def _cell_errors(path: Path) -> dict[str, str]:
+def cell_errors(path: Path) -> dict[str, str]:
     """``{grade_id: "Ename: evalue"}`` for graded cells of an executed notebook that raised
     (a timeout or crash recorded on the cell wins over the exception it caused)."""
     if not path.exists():
         return {}
     out = {}
-    for cell in _read_notebook(path).cells:
-        gid = _grade_id(cell)
+    for cell in read_notebook(path).cells:
+        gid = grade_id_of(cell)
         if not gid or cell.cell_type != "code":
             continue
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
@@ -155,19 +155,19 @@ def _cell_errors(path: Path) -> dict[str, str]:
             out[gid] = ours[-1]
         elif errors:
             o = errors[0]
-            out[gid] = _short(f"{o.get('ename')}: {o.get('evalue')}" if o.get("evalue") else o.get("ename"))
+            out[gid] = shorten(f"{o.get('ename')}: {o.get('evalue')}" if o.get("evalue") else o.get("ename"))
     return out
 
 
-def _run_flags(path: Path) -> list[str]:
+def run_flags(path: Path) -> list[str]:
     """Timeouts and kernel deaths recorded in an executed notebook, as ``"<status>: <sentence>"``."""
     if not path.exists():
         return []
     flags = []
-    for i, cell in enumerate(_read_notebook(path).cells):
+    for i, cell in enumerate(read_notebook(path).cells):
         if cell.cell_type != "code":
             continue
-        where = f"cell {i + 1}" + (f" ({_grade_id(cell)})" if _grade_id(cell) else "")
+        where = f"cell {i + 1}" + (f" ({grade_id_of(cell)})" if grade_id_of(cell) else "")
         for o in cell.get("outputs", []):
             if o.get("output_type") != "error":
                 continue

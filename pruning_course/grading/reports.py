@@ -1,6 +1,6 @@
 """What grading reports: the course-wide constants, :class:`GradingError`, the result types of
 :func:`~pruning_course.grading.grade` and :func:`~pruning_course.grading.validate`, and the two
-text helpers they format with (``_num``, ``_short``)."""
+text helpers they format with (``as_number``, ``shorten``)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class NotebookGrade:
 
     def row(self) -> dict:
         return {"student": self.student, "assignment": self.assignment, "notebook": self.notebook,
-                "score": _num(self.score), "max_score": _num(self.max_score),
+                "score": as_number(self.score), "max_score": as_number(self.max_score),
                 "status": self.status, "reason": self.reason}
 
 
@@ -69,7 +69,7 @@ class GradeReport:
     def __str__(self) -> str:
         lines = [f"graded {len(self.grades)} notebook(s) in {self.seconds:.0f} s -> {self.csv_path}"]
         for g in self.grades:
-            lines.append(f"  {g.student:<24} {g.notebook:<28} {_num(g.score):>6} / {_num(g.max_score):<6} "
+            lines.append(f"  {g.student:<24} {g.notebook:<28} {as_number(g.score):>6} / {as_number(g.max_score):<6} "
                          f"{g.status:<14} {g.reason}")
         for name, why in self.skipped:
             lines.append(f"  skipped {name}: {why}")
@@ -124,9 +124,9 @@ class ValidationReport:
         lines = []
         for v in self.notebooks:
             mark = "ok  " if v.ok else "FAIL"
-            manual = f" (+{_num(v.manual_points)} graded by hand)" if v.manual_points else ""
-            lines.append(f"{mark} {v.assignment}/{v.notebook}: solution {_num(v.solution_score)}/{_num(v.max_score)}, "
-                         f"unmodified student version {_num(v.release_score)}/{_num(v.max_score)}{manual}")
+            manual = f" (+{as_number(v.manual_points)} graded by hand)" if v.manual_points else ""
+            lines.append(f"{mark} {v.assignment}/{v.notebook}: solution {as_number(v.solution_score)}/{as_number(v.max_score)}, "
+                         f"unmodified student version {as_number(v.release_score)}/{as_number(v.max_score)}{manual}")
             lines += [f"     problem: {p}" for p in v.problems]
             lines += [f"     warning: {w}" for w in v.warnings]
         for name in self.drift:
@@ -141,7 +141,7 @@ class ValidationReport:
 # ---------------------------------------------------------------------------------------------
 
 
-def _num(x) -> str:
+def as_number(x) -> str:
     if x is None or x == "":
         return ""
     x = float(x)
@@ -151,6 +151,6 @@ def _num(x) -> str:
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def _short(text: str, limit: int = 240) -> str:
+def shorten(text: str, limit: int = 240) -> str:
     text = " ".join(_ANSI.sub("", str(text)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,8 +14,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .notebooks import _Catalog, _grade_id, _ignored, _nbformat, _nbmeta, _normalize
-from .reports import GradingError, _short
+from .notebooks import Catalog, grade_id_of, is_ignored, nbformat_module, nbgrader_metadata, normalize_notebook
+from .reports import GradingError, shorten
 
 _MAX_NOTEBOOK_BYTES = 200 * 2**20
 
@@ -26,7 +26,7 @@ _MAX_NOTEBOOK_BYTES = 200 * 2**20
 
 
 @dataclass
-class _Submission:
+class Submission:
     student: str
     assignment: str
     notebook: str
@@ -39,7 +39,7 @@ def _student_id(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@+-]+", "_", raw.strip()).strip("._-")
 
 
-def _extract_zip(path: Path, dest: Path) -> list[tuple[str, str]]:
+def extract_zip(path: Path, dest: Path) -> list[tuple[str, str]]:
     """Extract the notebooks of a zip safely (no absolute paths, no ``..``); returns skipped members."""
     skipped = []
     try:
@@ -56,7 +56,7 @@ def _extract_zip(path: Path, dest: Path) -> list[tuple[str, str]]:
             if parts[0] == "/" or ".." in parts:
                 skipped.append((info.filename, "unsafe path in the zip (absolute or with '..'); not extracted"))
                 continue
-            if any(_ignored(p) for p in parts):
+            if any(is_ignored(p) for p in parts):
                 continue
             if info.file_size > _MAX_NOTEBOOK_BYTES:
                 skipped.append((info.filename, f"larger than {_MAX_NOTEBOOK_BYTES // 2**20} MiB"))
@@ -86,10 +86,10 @@ def _match_name(stem: str, names: list[str]) -> tuple[str, str | None] | None:
     return None
 
 
-def _discover(root: Path, catalog: _Catalog, exclude: Path | None = None) -> tuple[list[_Submission], list[tuple[str, str]]]:
+def discover_submissions(root: Path, catalog: Catalog, exclude: Path | None = None) -> tuple[list[Submission], list[tuple[str, str]]]:
     owner = catalog.notebook_to_assignment
     names = sorted(owner)
-    by_key: dict[tuple[str, str], list[_Submission]] = {}
+    by_key: dict[tuple[str, str], list[Submission]] = {}
     skipped: list[tuple[str, str]] = []
     files = [root] if root.is_file() else sorted(root.rglob("*"))
     base = root.parent if root.is_file() else root
@@ -97,7 +97,7 @@ def _discover(root: Path, catalog: _Catalog, exclude: Path | None = None) -> tup
         if not path.is_file() or path.suffix.lower() != ".ipynb":
             continue
         rel = path.relative_to(base)
-        if any(_ignored(p) for p in rel.parts):
+        if any(is_ignored(p) for p in rel.parts):
             continue
         if exclude is not None and (path.resolve() == exclude or exclude in path.resolve().parents):
             continue
@@ -123,7 +123,7 @@ def _discover(root: Path, catalog: _Catalog, exclude: Path | None = None) -> tup
         if not student:
             skipped.append((origin, f"no usable student id in {raw!r}"))
             continue
-        sub = _Submission(student, a, nb, path, origin)
+        sub = Submission(student, a, nb, path, origin)
         if student != raw:
             sub.notes.append(f"student id {raw!r} was normalised to {student!r}")
         by_key.setdefault((student, nb), []).append(sub)
@@ -143,13 +143,13 @@ def _discover(root: Path, catalog: _Catalog, exclude: Path | None = None) -> tup
 # ---------------------------------------------------------------------------------------------
 
 
-def _prepare(path: Path, release) -> tuple[object | None, str | None, list[str]]:
+def prepare_submission(path: Path, release) -> tuple[object | None, str | None, list[str]]:
     """Read a submitted notebook and make it safe to hand to nbgrader.
 
     Returns (notebook or None, why it is unreadable or None, restored grade ids).  Outputs are
     cleared, cell ids made valid and unique, and graded test cells the student deleted are put
     back (from the student version) right after the cell that preceded them there."""
-    nbformat = _nbformat()
+    nbformat = nbformat_module()
     try:
         if path.stat().st_size > _MAX_NOTEBOOK_BYTES:
             return None, f"the file is larger than {_MAX_NOTEBOOK_BYTES // 2**20} MiB", []
@@ -168,12 +168,12 @@ def _prepare(path: Path, release) -> tuple[object | None, str | None, list[str]]
     except json.JSONDecodeError as exc:
         return None, f"the file is not valid JSON, so not a notebook ({exc})", []
     except Exception as exc:  # nbformat errors of every kind
-        return None, f"the file cannot be read as a notebook ({type(exc).__name__}: {_short(exc, 160)})", []
+        return None, f"the file cannot be read as a notebook ({type(exc).__name__}: {shorten(exc, 160)})", []
     for cell in nb.cells:
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
-    _normalize(nb)
+    normalize_notebook(nb)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -188,22 +188,22 @@ def _prepare(path: Path, release) -> tuple[object | None, str | None, list[str]]
                 nb = nbformat.from_dict(fixed)
                 nbformat.validate(nb)
         except Exception as exc:
-            return None, f"the notebook does not follow the notebook format ({_short(exc, 160)})", []
+            return None, f"the notebook does not follow the notebook format ({shorten(exc, 160)})", []
     restored = _restore_tests(nb, release)
     return nb, None, restored
 
 
 def _restore_tests(nb, release) -> list[str]:
-    order = [(gid, cell) for cell in release.cells if (gid := _grade_id(cell))]
+    order = [(gid, cell) for cell in release.cells if (gid := grade_id_of(cell))]
     pos = {}
     for i, cell in enumerate(nb.cells):
-        gid = _grade_id(cell)
+        gid = grade_id_of(cell)
         if gid and gid not in pos:
             pos[gid] = i
     ids = {c.get("id") for c in nb.cells}
     restored = []
     for k, (gid, rcell) in enumerate(order):
-        if gid in pos or not _nbmeta(rcell).get("grade"):
+        if gid in pos or not nbgrader_metadata(rcell).get("grade"):
             continue
         at = None
         for j in range(k - 1, -1, -1):
