@@ -23,5 +23,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "$TORCH_SPEC" "${PINS[@]}"
 .venv/bin/python -m pip install -q -e ".[test]" "${PINS[@]}"
-.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# ipykernel's install leaves an empty tmpXXXX_kernels folder in the temp dir: give it one of its own
+kernel_tmp=$(mktemp -d)
+TMPDIR="$kernel_tmp" .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+rm -rf "$kernel_tmp"
 echo "environment ready: $(pwd)/.venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'); ${PINS[*]:-unpinned})"
