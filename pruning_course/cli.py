@@ -143,7 +143,7 @@ def _evaluate(model, adapter, test_ids, args, device) -> dict:
         model, test_ids, args.seqlen, batch_size=args.batch_size, max_windows=args.max_eval_windows,
         device=device, progress=not args.quiet,
     )
-    return {"ppl": result.ppl, "seqlen": result.seqlen, "eval_tokens": result.eval_tokens, "eval_windows": result.windows}
+    return result.record()
 
 
 def _measure_options(args, device) -> dict:

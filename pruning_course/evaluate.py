@@ -35,6 +35,10 @@ class PerplexityResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def record(self) -> dict:
+        """The fields a result record (``prune --json``, ``eval --json``) keeps."""
+        return {"ppl": self.ppl, "seqlen": self.seqlen, "eval_tokens": self.eval_tokens, "eval_windows": self.windows}
+
     def __str__(self) -> str:
         return f"perplexity {self.ppl:.3f} (seqlen {self.seqlen}, {self.eval_tokens:,} tokens in {self.windows} windows)"
 
@@ -330,7 +334,7 @@ def prune_and_measure(
     if test_ids is not None:
         result = perplexity(model, test_ids, seqlen, batch_size=batch_size, max_windows=max_eval_windows,
                             device=device, progress=progress)
-        record.update(ppl=result.ppl, seqlen=result.seqlen, eval_tokens=result.eval_tokens, eval_windows=result.windows)
+        record.update(result.record())
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return record
 

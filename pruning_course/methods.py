@@ -81,12 +81,10 @@ def prune_model(
     (``scope`` for magnitude, ``blocksize``/``percdamp`` for SparseGPT). ``sparsity`` may also be
     one value per decoder block (a sequence or a callable of the block index, see
     :mod:`pruning_course.schedules`), e.g. from :func:`pruning_course.unstructured.owl.owl_sparsities`.
-    Every input is checked before any weight changes.
+    Every input is checked before any weight changes (the options and windows by the method's own
+    :meth:`~pruning_course.oneshot.OneShotMethod.prune`).
     """
     spec = get_method(method)
-    spec.check_options(options)
     check_pattern_fits(model, adapter, pattern)
-    if spec.needs_data and windows is None:
-        raise ValueError(f"{method} is calibrated: pass calibration windows (data.calibration_windows)")
     return spec.prune(model, adapter, sparsity, pattern, windows, batch_size=batch_size, device=device,
                       progress=progress, **options)

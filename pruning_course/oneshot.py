@@ -18,7 +18,7 @@ is one :class:`OneShotMethod` and one entry in :data:`pruning_course.methods.REG
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -58,14 +58,13 @@ class OneShotMethod:
     """A one-shot pruning method: its calibration statistic and its per-layer step.
 
     ``options`` names the keyword options ``prune_layer`` accepts (SparseGPT's ``blocksize`` and
-    ``percdamp``); ``citation`` is shown in listings and errors."""
+    ``percdamp``); ``citation`` names the paper, for readers of the registry."""
 
     name: str
     statistic: type[InputStatistic] | None
     prune_layer: LayerStep
     options: tuple[str, ...] = ()
     citation: str = ""
-    defaults: dict = field(default_factory=dict)
 
     @property
     def needs_data(self) -> bool:
@@ -103,7 +102,6 @@ class OneShotMethod:
         tensor of token ids (:func:`pruning_course.data.calibration_windows`); a data-free one
         ignores ``windows``, ``batch_size`` and ``device``."""
         self.check_options(options)
-        options = {**self.defaults, **options}
         targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
         masks: dict[str, torch.Tensor] = {}
 

@@ -42,7 +42,7 @@ def wanda_mask(weight: torch.Tensor, act_sq_norm: torch.Tensor, sparsity: float 
 def wanda_prune_layer(weight: torch.Tensor, act_sq_norm: torch.Tensor, sparsity: float, nm=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Wanda's per-layer step: ``(weight * mask, mask)`` with the per-row (or N:M) mask of Eq. 1.
     No weight update: the kept weights are unchanged."""
-    mask = keep_mask(wanda_scores(weight, act_sq_norm), sparsity, nm, scope="row")
+    mask = wanda_mask(weight, act_sq_norm, sparsity, nm)
     return weight * mask, mask
 
 
