@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .. import settings
+from ..model_files import writing
 from .notebooks import Catalog, is_ignored
 from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, shorten
 
@@ -360,7 +361,8 @@ def _ensure_gradebook(db: Path) -> None:
     ``.venv/bin/pruning-course`` runs from a shell that never activated it. So the head is read
     here, in-process, from nbgrader's own migration scripts and the ``alembic_version`` table is
     written first; ``Gradebook`` then sees an existing database and only creates its tables.
-    The file is built under a temporary name next to ``db`` and renamed into place, so a failure
+    The file is built under a temporary name next to ``db`` and renamed into place
+    (:func:`~pruning_course.model_files.writing`), so a failure
     leaves neither a half-made gradebook nor a stray temporary file."""
     if db.exists():
         return
@@ -371,17 +373,12 @@ def _ensure_gradebook(db: Path) -> None:
     from nbgrader.dbutil import ALEMBIC_DIR
 
     head = ScriptDirectory(ALEMBIC_DIR).get_current_head()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    fresh = db.with_name(f".{db.name}.{os.getpid()}.partial")
-    try:
+    with writing(db) as fresh:
         with sqlite3.connect(fresh) as connection:
             connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
             connection.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (head,))
         connection.close()
         Gradebook(f"sqlite:///{fresh}", COURSE_ID).close()
-        os.replace(fresh, db)
-    finally:
-        fresh.unlink(missing_ok=True)
 
 
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
