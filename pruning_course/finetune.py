@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .architectures import ArchitectureAdapter
 from .calibration import capture_block_inputs
+from .model_files import writing
 from .data import calibration_windows
 from .evaluate import PerplexityResult, eval_windows
 from .unstructured.movement import (
@@ -298,11 +299,9 @@ def _checkpoint_state(model, optimizer, scheduler, step, history, config) -> dic
 
 def save_checkpoint(directory: Path, state: dict) -> Path:
     """Write ``state`` atomically (a crash while saving leaves the previous checkpoint intact)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CHECKPOINT_NAME
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    path = Path(directory) / CHECKPOINT_NAME
+    with writing(path) as partial:
+        torch.save(state, partial)
     return path
 
 
