@@ -106,7 +106,7 @@ def _check_seqlen(model, seqlen: int, name: str) -> None:
                          f"use --seqlen {min(512, limit)} (the papers' windows are 2048 tokens or fewer)")
 
 
-def _load(args):
+def _load_from_args(args):
     """The model named by ``--model``; a compressed file from ``quantize --save`` is decoded onto its base model.
 
     Refuses a ``--seqlen`` longer than the model's context before any work is done with it."""
@@ -180,7 +180,7 @@ def cmd_prune(args) -> int:
             raise ValueError("--owl sets one unstructured sparsity per block; it cannot be combined with --pattern")
         owl = (args.owl_m, args.owl_lambda)
         owl_sparsities([0.0, 1.0], args.sparsity, args.owl_lambda)  # a lambda too large for the target fails here
-    (model, tokenizer, adapter), device = _load(args)
+    (model, tokenizer, adapter), device = _load_from_args(args)
     splits = _token_splits(tokenizer, args.dataset)
     windows = None
     if needs_calibration(args.method) or owl:
@@ -204,7 +204,7 @@ def cmd_eval(args) -> int:
     from .evaluate import peak_rss_mb, sparsity_report
 
     _check_outputs(args)
-    (model, tokenizer, adapter), device = _load(args)
+    (model, tokenizer, adapter), device = _load_from_args(args)
     splits = _token_splits(tokenizer, args.dataset)
     record = {"model": args.model, "dataset": args.dataset, "sparsity": sparsity_report(model, adapter)["sparsity"]}
     record.update(_evaluate(model, adapter, splits["test"], args, device))
@@ -240,7 +240,7 @@ def cmd_quantize(args) -> int:
         raise UsageError(f"--save writes one compressed safetensors file: give a path ending in .safetensors, got {args.save}")
     _check_outputs(args)
 
-    (model, tokenizer, adapter), device = _load(args)
+    (model, tokenizer, adapter), device = _load_from_args(args)
     if args.group_size is None:
         args.group_size = default_group_size(model, adapter)
     check_group_fits(model, adapter, args.group_size)
@@ -301,7 +301,7 @@ def cmd_compare(args) -> int:
     _positive("calib-samples", args.calib_samples)
     _check_outputs(args)
 
-    (model, tokenizer, adapter), device = _load(args)
+    (model, tokenizer, adapter), device = _load_from_args(args)
     splits = _token_splits(tokenizer, args.dataset)
     windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

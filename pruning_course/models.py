@@ -144,7 +144,7 @@ def load_model(
     (see :func:`convert_gguf` for the one bar it cannot).
     """
     with transformers_progress_bars(progress):
-        model, tokenizer = _load(name_or_path, dtype, progress)
+        model, tokenizer = _load_by_name(name_or_path, dtype, progress)
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, adapter_for(model))
@@ -217,7 +217,7 @@ def is_converted_model_dir(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load(name_or_path: str, dtype: torch.dtype, progress: bool):
+def _load_by_name(name_or_path: str, dtype: torch.dtype, progress: bool):
     """``(model, tokenizer)`` for a short name, a local directory or a Hub id."""
     spec = KNOWN_MODELS.get(name_or_path)
     if isinstance(spec, TinyModel):
@@ -395,7 +395,7 @@ def _save_checked(reference: PreTrainedModel, tokenizer, target: Path) -> float:
         _without_quantization_config(reference).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         gap = _check_same_logits(reference, staging, tokenizer)
-        _publish(staging, target)
+        _publish_converted(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return gap
@@ -413,7 +413,7 @@ def _check_same_logits(reference: PreTrainedModel, saved: Path, tokenizer) -> fl
     return gap
 
 
-def _publish(staging: Path, target: Path) -> None:
+def _publish_converted(staging: Path, target: Path) -> None:
     """Rename the finished ``staging`` directory to ``target`` (an atomic step on one filesystem).
 
     An incomplete leftover at ``target`` is replaced. If another process published a complete

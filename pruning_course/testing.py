@@ -65,14 +65,16 @@ def tiny_config(family: str, vocab_size: int = 384, **overrides):
 def tiny_random_model(family: str = "llama", *, seed: int = 0, num_blocks: int | None = None, vocab_size: int = 384,
                       **overrides):
     """A randomly initialised tiny model of ``family`` (:func:`tiny_config` with ``overrides``), in
-    eval mode, with ``num_blocks`` decoder blocks if given; no tokenizer. The checks' one builder."""
+    eval mode, with ``num_blocks`` decoder blocks if given; no tokenizer. The checks' one builder:
+    the caller's global RNG is left as it was."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(family, vocab_size=vocab_size, **overrides)
     if num_blocks is not None:
         config.num_hidden_layers = num_blocks
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).eval()
 
 
 TINY_FAMILIES = ("llama", "gpt2", "opt")

@@ -9,6 +9,8 @@ one line (to stdout: nbgrader zeroes a test cell that writes to stderr) and retu
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +42,13 @@ def largest_difference(value: torch.Tensor, reference: torch.Tensor) -> tuple[tu
     diff = (value.detach().double() - reference.detach().double()).abs()
     index = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
     return index, float(value[index]), float(reference[index])
+
+
+def describe_largest_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
+    """``"at [2, 5]: you have 0.31, expected 0.29"``: the learner's worst entry, for a failure message."""
+    index, got, want = largest_difference(value, reference)
+    where = f"at {list(index)}" if index else "as a scalar"
+    return f"{where}: you have {got:.6g}, expected {want:.6g}"
 
 
 def passed(message: str) -> None:
@@ -99,6 +108,26 @@ def expect_keep_mask(mask: Any, shape: tuple[int, ...], what: str = "the mask") 
             fail(f"{what} should hold only True/False (or 0/1), got values such as {mask.flatten()[:4].tolist()}")
         mask = mask.bool()
     return mask
+
+
+def expect_number(value: Any, what: str, meaning: str | None = None, finite: bool = True, kind: str = "a float") -> float:
+    """The learner's returned number as a float: an int, a float or a one-element tensor.
+
+    ``what`` names the call in the message (``"case 2: csr_nbytes"``), ``meaning`` says what the
+    number is (``"the bytes of the CSR tensor"``), ``kind`` what type is asked for; ``finite=False``
+    lets NaN and inf through for the caller to diagnose."""
+    meaning = f" ({meaning})" if meaning else ""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            fail(f"{what} should return one number{meaning} (a float or a 0-d tensor), got a tensor of shape "
+                 f"{tuple(value.shape)}")
+        value = value.detach().item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(f"{what} should return {kind}{meaning}, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        fail(f"{what} returned {value}; expected a finite number{meaning}")
+    return value
 
 
 def fmt_values(values: torch.Tensor, n: int = 4) -> str:

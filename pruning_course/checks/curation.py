@@ -630,7 +630,7 @@ def check_lsh_near_duplicates(lsh_near_duplicates: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pack_cases() -> list[tuple[list[str], int]]:
+def _sequence_pack_cases() -> list[tuple[list[str], int]]:
     rng = random.Random(45)
     vocabulary = _vocabulary(45)
     texts = [" " + " ".join(_words(rng, vocabulary, n)) + " \n" for n in (3, 40, 1, 17, 9, 26, 5, 12, 30, 2)]
@@ -706,7 +706,7 @@ def check_pack_batch(pack_batch: Callable) -> None:
     name = "pack_batch"
     tokenizer = tiny_tokenizer()
     eos = tokenizer.eos_token_id
-    for texts, size in _pack_cases():
+    for texts, size in _sequence_pack_cases():
         where = f"on a batch of {len(texts)} documents with block_size={size}"
         out = call(pack_batch, {curation.TEXT: list(texts)}, tokenizer, size, name=name)
         if not isinstance(out, dict):
@@ -733,7 +733,7 @@ def check_pack_batch(pack_batch: Callable) -> None:
                      "labels are a plain copy of input_ids.")
             fail(f"{where}: labels should be a copy of input_ids (the model shifts them itself)")
     # as a batched map over several batches: what tokenize_and_pack does
-    cases = _pack_cases()
+    cases = _sequence_pack_cases()
     texts = cases[1][0] + cases[0][0]
     dataset = datasets.Dataset.from_dict({curation.TEXT: texts})
     with _quiet_datasets():

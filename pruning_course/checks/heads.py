@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-def _tiny_llama(hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int = 1, seed: int = 0) -> nn.Module:
+def _tiny_attention_llama(hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int = 1, seed: int = 0) -> nn.Module:
     """A random Llama with the given attention shape (vocabulary 32, MLP width 16), in eval mode."""
     return tiny_random_model("llama", seed=seed, vocab_size=32, hidden_size=hidden, intermediate_size=16,
                              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -133,7 +133,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
              "(d/dg_h of sum(w * gate_heads(x, g)) = sum of w * x over head h's features).")
 
     # as a hook on a real model, it must do what head_masks does
-    model = _tiny_llama(hidden=24, heads=6, kv_heads=2, head_dim=4, layers=2, seed=seed)
+    model = _tiny_attention_llama(hidden=24, heads=6, kv_heads=2, head_dim=4, layers=2, seed=seed)
     adapter = adapter_for(model)
     ids = torch.randint(0, 32, (2, 7), generator=gen)
     mask = torch.rand(2, 6, generator=gen)
@@ -293,7 +293,7 @@ def _group_counts(picked: Sequence[int], num_kv_heads: int, g: int) -> list[int]
     return [sum(1 for h in picked if h // g == j) for j in range(num_kv_heads)]
 
 
-def _choice_cases(seed: int):
+def _head_choice_cases(seed: int):
     gen = generator(60 + seed)
     cases = []
     for layers, heads, kv, steps in ((4, 6, 2, 3), (5, 9, 3, 4), (3, 4, 2, 2), (6, 8, 4, 5), (8, 9, 3, 7)):
@@ -317,7 +317,7 @@ def check_choose_heads_within_groups(choose_heads_within_groups: Callable, seed:
     mode="within_groups")``.
     """
     name = "choose_heads_within_groups"
-    for importance, kv, steps in _choice_cases(seed):
+    for importance, kv, steps in _head_choice_cases(seed):
         layers, heads = importance.shape
         g = heads // kv
         where = (f"with importance of shape ({layers}, {heads}), {kv} kv groups of {g} heads and steps={steps}")
@@ -387,10 +387,10 @@ def _rows(heads: Sequence[int], head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
 
 
-def _package_slices(wq, wk, wv, wo, remove, head_dim, kv_heads, seed):
+def _package_head_slices(wq, wk, wv, wo, remove, head_dim, kv_heads, seed):
     """The package's remove_heads applied to a one-block Llama holding these weights."""
     heads = wq.shape[0] // head_dim
-    model = _tiny_llama(hidden=wq.shape[1], heads=heads, kv_heads=kv_heads, head_dim=head_dim, seed=seed)
+    model = _tiny_attention_llama(hidden=wq.shape[1], heads=heads, kv_heads=kv_heads, head_dim=head_dim, seed=seed)
     attention = adapter_for(model).blocks(model)[0].self_attn
     with torch.no_grad():
         for module, weight in ((attention.q_proj, wq), (attention.k_proj, wk), (attention.v_proj, wv), (attention.o_proj, wo)):
@@ -399,7 +399,7 @@ def _package_slices(wq, wk, wv, wo, remove, head_dim, kv_heads, seed):
     return tuple(m.weight.detach().clone() for m in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj))
 
 
-def _slice_cases():
+def _head_slice_cases():
     #        heads, kv, head_dim, hidden (a multiple of heads, as transformers requires), heads to remove
     return [
         (6, 2, 4, 42, [3, 4, 5]),  # a whole group: its K/V head goes too
@@ -459,7 +459,7 @@ def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
     """
     name = "slice_heads"
     gen = generator(70 + seed)
-    for heads, kv, head_dim, hidden, remove in _slice_cases():
+    for heads, kv, head_dim, hidden, remove in _head_slice_cases():
         g = heads // kv
         wq = torch.randn(heads * head_dim, hidden, generator=gen)
         wk = torch.randn(kv * head_dim, hidden, generator=gen)
@@ -479,7 +479,7 @@ def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
                 fail(f"{where}: slice_heads modified {label} in place; return new tensors.")
         if not isinstance(result, (tuple, list)) or len(result) != 4:
             fail(f"{where}: return the four weights (wq, wk, wv, wo) as a tuple, got {type(result).__name__}")
-        ref = _package_slices(wq, wk, wv, wo, remove, head_dim, kv, seed)
+        ref = _package_head_slices(wq, wk, wv, wo, remove, head_dim, kv, seed)
         keep = [h for h in range(heads) if h not in remove]
         keep_kv = [j for j in range(kv) if any(h // g == j for h in keep)]
         got_q, got_k, got_v, got_o = (r.detach() if isinstance(r, torch.Tensor) else r for r in result)

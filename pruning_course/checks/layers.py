@@ -39,7 +39,7 @@ from ..structured.layers import choose_consecutive_blocks as package_choose_cons
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
 from ..testing import tiny_random_model
-from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed
+from . import call, call_expecting_value_error, diagnose, expect_number, fail, generator, keeps_rng, passed
 
 __all__ = [
     "angular_distance",
@@ -56,19 +56,13 @@ TOLERANCE = 5e-4  # absolute, on distances in [0, 1]: float32 arccos near cos = 
 # ---------------------------------------------------------------------------------------------
 
 
-def _number(result, where: str, fn_name: str, per_token_shape: tuple[int, ...]) -> float:
-    """The learner's result as a float (NaN allowed: the caller diagnoses it)."""
-    if isinstance(result, torch.Tensor):
-        if result.numel() != 1:
-            shape = tuple(result.shape)
-            if shape in (per_token_shape, per_token_shape[:1], (math.prod(per_token_shape),)):
-                fail(f"{where}: {fn_name} returned a tensor of shape {shape}, one value per token (or per sequence). "
-                     "Return ONE number: the mean of arccos(cos)/pi over every token of every sequence (.mean()).")
-            fail(f"{where}: {fn_name} should return one number (a float or a 0-d tensor), got a tensor of shape {shape}")
-        result = float(result.detach())
-    if isinstance(result, bool) or not isinstance(result, (int, float)):
-        fail(f"{where}: {fn_name} should return a float (or a 0-d tensor), got {type(result).__name__}")
-    return float(result)
+def _one_distance(result, where: str, fn_name: str, per_token_shape: tuple[int, ...]) -> float:
+    """The learner's distance as a float (NaN allowed: the caller diagnoses it)."""
+    if isinstance(result, torch.Tensor) and tuple(result.shape) in (per_token_shape, per_token_shape[:1],
+                                                                    (math.prod(per_token_shape),)):
+        fail(f"{where}: {fn_name} returned a tensor of shape {tuple(result.shape)}, one value per token (or per sequence). "
+             "Return ONE number: the mean of arccos(cos)/pi over every token of every sequence (.mean()).")
+    return expect_number(result, f"{where}: {fn_name}", finite=False)
 
 
 def _hidden_pair(gen: torch.Generator, shape: tuple[int, int, int], identical_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +136,7 @@ def _distance_variants(x_in: torch.Tensor, x_out: torch.Tensor) -> list[tuple[fl
 def _check_distance_case(fn: Callable, x_in: torch.Tensor, x_out: torch.Tensor, reference: float, where: str) -> None:
     name = "angular_distance"
     a, b = x_in.clone(), x_out.clone()
-    result = _number(call(fn, a, b, name=name), where, name, tuple(x_in.shape[:2]))
+    result = _one_distance(call(fn, a, b, name=name), where, name, tuple(x_in.shape[:2]))
     if not (torch.equal(a, x_in) and torch.equal(b, x_out)):
         fail(f"{where}: {name} modified its inputs in place (e.g. normalising with /=); the hidden states are needed "
              "again afterwards: use out-of-place operations")
@@ -249,7 +243,7 @@ def _as_indices(result, where: str, fn_name: str) -> list[int]:
     return indices
 
 
-def _choice_cases(gen: torch.Generator) -> list[tuple[int, int, torch.Tensor]]:
+def _block_choice_cases(gen: torch.Generator) -> list[tuple[int, int, torch.Tensor]]:
     """(num_blocks, n, distances) with the minimum in the middle, at the last window, first window, and a tie."""
     cases = []
     for num_blocks, n, argmin in ((30, 8, 13), (10, 3, 7), (6, 1, 0), (12, 4, 5)):
@@ -274,7 +268,7 @@ def check_choose_consecutive_blocks(fn: Callable) -> None:
     """
     name = "choose_consecutive_blocks"
     gen = generator(52)
-    for num_blocks, n, distances in _choice_cases(gen):
+    for num_blocks, n, distances in _block_choice_cases(gen):
         where = f"with {num_blocks} blocks, n={n} ({distances.numel()} distances)"
         d_in = distances.clone()
         got = _as_indices(call(fn, d_in, n, name=name), where, name)

@@ -16,14 +16,9 @@ from torch import nn
 
 from ..masks import num_to_prune, per_row_mask
 from ..unstructured.movement import MaskedLinear, cubic_sparsity, topk_mask
-from . import call, close_to, diagnose, fail, fmt_values, generator, keeps_rng, largest_difference, passed
+from . import call, close_to, describe_largest_difference, diagnose, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = ["check_topk_binarizer", "check_cubic_sparsity", "check_movement_score_update"]
-
-
-def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
-    position, got, want = largest_difference(value, reference)
-    return f"at position {position} you have {got:.6g}, the reference {want:.6g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +162,7 @@ def _diagnose_grad(grad, expected: torch.Tensor, mask: torch.Tensor, where: str)
         fail(f"{where}: your gradient has the wrong sign: straight-through returns grad_output itself, not its "
              "negative")
     fail(f"{where}: the gradient of the scores is not the straight-through one (grad_output unchanged): "
-         f"{_first_difference(grad, expected)}")
+         f"{describe_largest_difference(grad, expected)}")
 
 
 @keeps_rng
@@ -412,6 +407,6 @@ def check_movement_score_update(update: Callable) -> None:
             (weight - lr * grad, "that is the SGD step of the WEIGHT; the scores move by -lr * W * dL/dW'"),
         ]
         diagnose(variants, lambda variant: close_to(result, variant), where)
-        fail(f"{where}: your updated scores differ from S - lr * W * grad: {_first_difference(result, reference)}.")
+        fail(f"{where}: your updated scores differ from S - lr * W * grad: {describe_largest_difference(result, reference)}.")
     passed("movement_score_update takes the SGD step S - lr * W * dL/dW' that autograd gives through the "
            "straight-through mask: scores grow for weights moving away from zero")

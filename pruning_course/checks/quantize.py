@@ -27,7 +27,6 @@ learner's result matches. ``seed`` selects another set of inputs (for hidden tes
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import torch
@@ -36,7 +35,7 @@ from ..quantize.model import QuantizedWeight
 from ..packing import pack_int, unpack_int
 from ..quantize.rtn import quantize_rtn as reference_quantize_rtn
 from ..quantize.storage import encode_weight
-from . import call, diagnose, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import call, diagnose, expect_number, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
 
 __all__ = [
     "check_quantize_rtn",
@@ -83,7 +82,7 @@ def _ranges(weight: torch.Tensor, g: int, include_zero: bool = True) -> tuple[to
     return xmin, xmax
 
 
-def _matches(value: torch.Tensor, variant: torch.Tensor, rtol: float = 1e-4, mask: torch.Tensor | None = None) -> bool:
+def _matches_where(value: torch.Tensor, variant: torch.Tensor, rtol: float = 1e-4, mask: torch.Tensor | None = None) -> bool:
     """``value`` equals ``variant`` to ``rtol`` (relative, entry by entry) where ``mask`` is True."""
     if tuple(value.shape) != tuple(variant.shape):
         return False
@@ -157,7 +156,7 @@ def _diagnose_scales(s: torch.Tensor, weight: torch.Tensor, bits: int, g: int, n
            f"x_max = max(max(x), 0) ({maxq} steps between {2**bits} grid points)")
 
     def like(variant: torch.Tensor) -> bool:
-        return _matches(s, variant, 1e-4, nonempty) or _matches(s, variant * (1 + FP16_STEP / 2), FP16_STEP, nonempty)
+        return _matches_where(s, variant, 1e-4, nonempty) or _matches_where(s, variant * (1 + FP16_STEP / 2), FP16_STEP, nonempty)
 
     if like(span / 2**bits):
         fail(f"{where}: your scales are (x_max - x_min) / 2^{bits}; {2**bits} codes 0..{maxq} have {maxq} steps "
@@ -214,13 +213,13 @@ def _diagnose_zeros(z: torch.Tensor, s: torch.Tensor, weight: torch.Tensor, bits
         fail(f"{where}: your zero points contain NaN or inf: {fmt_values(z.flatten())}")
     fix = "zero = round(-x_min / scale), an integer in [0, 2^b - 1]"
     if bool((z != torch.round(z)).any()):
-        if _matches(z, t, 1e-4, nonempty):
+        if _matches_where(z, t, 1e-4, nonempty):
             fail(f"{where}: your zero points are not rounded (e.g. {float(z[nonempty][0]):.4g}). Round them: {fix}. "
                  "The zero point is a CODE: only an integer zero point makes 0.0 exactly a grid point (the code "
                  "`zero` dequantizes to scale * (zero - zero) = 0), so that pruned weights stay exactly 0, and only "
                  "an integer can be stored in b bits next to the codes.")
         fail(f"{where}: your zero points are not integers (e.g. {fmt_values(z[z != torch.round(z)])}): {fix}.")
-    if _matches(z, -t, 1e-6, nonempty) or _matches(z, torch.round(-t), 1e-6, nonempty & (t > 0.5)):
+    if _matches_where(z, -t, 1e-6, nonempty) or _matches_where(z, torch.round(-t), 1e-6, nonempty & (t > 0.5)):
         fail(f"{where}: your zero points have the wrong sign: x_min <= 0, so zero = round(-x_min / scale) >= 0; you "
              "computed round(x_min / scale).")
     if bool((z == z.flatten()[0]).all()) and bool((torch.round(t) != z.flatten()[0]).any()):
@@ -246,7 +245,7 @@ def _diagnose_codes(codes: torch.Tensor, raw_dtype: torch.dtype, s: torch.Tensor
     if not bool(torch.isfinite(codes).all()):
         fail(f"{where}: your codes contain NaN or inf: {fmt_values(codes[~torch.isfinite(codes)])}")
     if bool((codes != torch.round(codes)).any()):
-        if _matches(codes, (torch.clamp(torch.round(u) + ze, 0, maxq) - ze) * se, 1e-4):
+        if _matches_where(codes, (torch.clamp(torch.round(u) + ze, 0, maxq) - ze) * se, 1e-4):
             fail(f"{where}: you returned the dequantized weights scale * (code - zero); return the integer codes "
                  f"themselves: {fix}.")
         fail(f"{where}: your codes are not integers (e.g. {fmt_values(codes[codes != torch.round(codes)])}): round "
@@ -335,7 +334,7 @@ def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
         reference = (xmax - xmin) / maxq
         scale_ok = ((s >= reference * (1 - 1e-6)) & (s <= ref_scales.double() * (1 + 1e-6))) | ~nonempty
         if not bool(scale_ok.all()):
-            if scales.dtype in (torch.float16, torch.bfloat16) and _matches(s, reference.to(scales.dtype).double(), 1e-6, nonempty):
+            if scales.dtype in (torch.float16, torch.bfloat16) and _matches_where(s, reference.to(scales.dtype).double(), 1e-6, nonempty):
                 fail(f"{where}: your scales are {scales.dtype}, rounded to the NEAREST representable value, which can be "
                      "below (x_max - x_min) / (2^b - 1): the grid then no longer reaches the group's largest weight. "
                      "Return float32 scales (the package rounds them UP to float16 only for storage).")
@@ -354,7 +353,7 @@ def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pack_cases(seed: int) -> list[torch.Tensor]:
+def _nibble_pack_cases(seed: int) -> list[torch.Tensor]:
     gen = generator(300 + seed)
     every = torch.arange(16, dtype=torch.uint8)[torch.randperm(16, generator=gen)]  # every nibble value, bytes >= 128 too
     return [
@@ -386,7 +385,7 @@ def check_pack_int4(pack_int4: Callable, seed: int = 0) -> None:
     (``byte i = codes[2i] | codes[2i + 1] << 4``), an odd count padded with a zero nibble, as a 1-D
     ``uint8`` tensor of ``ceil(n / 2)`` bytes (:func:`pruning_course.quantize.pack_int` with 4 bits)."""
     name = "pack_int4"
-    for codes in _pack_cases(seed):
+    for codes in _nibble_pack_cases(seed):
         n = codes.numel()
         where = f"on {n} codes of shape {tuple(codes.shape)} ({fmt_values(codes, 6)})"
         c_in = codes.clone()
@@ -440,7 +439,7 @@ def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
     format (made here by the package's ``pack_int``), as a 1-D tensor of integers ``0..15`` (uint8
     like the package, or any integer dtype)."""
     name = "unpack_int4"
-    for codes in _pack_cases(seed):
+    for codes in _nibble_pack_cases(seed):
         flat = codes.reshape(-1)
         n = flat.numel()
         packed = pack_int(codes, 4)
@@ -523,18 +522,6 @@ def _encoded(rows: int, cols: int, kept: int, bits: int, g: int, gen: torch.Gene
     return {suffix: t.numel() * t.element_size() for suffix, t in encoded.tensors.items()}
 
 
-def _as_number(value, where: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            fail(f"{where}: return one number of bytes (an int), got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        fail(f"{where}: return the number of bytes as an int, got {type(value).__name__}")
-    if not math.isfinite(value):
-        fail(f"{where}: return a finite number of bytes, got {value}")
-    return float(value)
-
-
 @keeps_rng
 def check_compressed_nbytes(compressed_nbytes: Callable, seed: int = 0) -> None:
     """Check ``compressed_nbytes(rows, cols, kept, bits, group_size)`` against the bytes the package's
@@ -548,7 +535,7 @@ def check_compressed_nbytes(compressed_nbytes: Callable, seed: int = 0) -> None:
         where = f"for rows={rows}, cols={cols}, kept={kept}, bits={bits}, group_size={g}"
         parts = _encoded(rows, cols, kept, bits, g, gen)
         expected = sum(parts.values())
-        value = _as_number(call(compressed_nbytes, rows, cols, kept, bits, g, name=name), where)
+        value = expect_number(call(compressed_nbytes, rows, cols, kept, bits, g, name=name), f"{where}: {name}", kind="the number of bytes as an int")
         if value == expected:
             continue
         groups = cols // g

@@ -84,7 +84,7 @@ def _tolerance(reference: torch.Tensor) -> float:
     return 1e-5 * float(reference.abs().max()) + 1e-12
 
 
-def _matches(value: torch.Tensor, reference: torch.Tensor) -> bool:
+def _close_enough(value: torch.Tensor, reference: torch.Tensor) -> bool:
     return _close(value, reference, _tolerance(reference))
 
 
@@ -93,7 +93,7 @@ def _close(value: torch.Tensor, reference: torch.Tensor, atol: float) -> bool:
         ((value - reference).abs() <= atol).all())
 
 
-def _fmt(values: torch.Tensor, digits: int = 4) -> str:
+def _fmt_all(values: torch.Tensor, digits: int = 4) -> str:
     return "[" + ", ".join(f"{float(v):.{digits}g}" for v in values) + "]"
 
 
@@ -169,7 +169,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
              "with each block pruned")
     values = _numbers(result, num_blocks, where, "sensitivity_scan", "the perplexity increase of each decoder block")
     changed = _changed_blocks(model, adapter, original)
-    if _matches(values, reference):
+    if _close_enough(values, reference):
         if changed:
             fail(f"{where}: your increases are right, but after the scan the model is not the dense model any more: "
                  f"{changed[0]} (and {len(changed) - 1} more) still differ from the original. Restore every "
@@ -179,7 +179,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
     isolated = reference + dense
     if num_blocks > 1:
         cumulative = torch.tensor(_scan(pristine, adapter, evaluate, sparsity, cumulative=True), dtype=torch.float64)
-        if _matches(values, cumulative - dense) or _matches(values, cumulative):
+        if _close_enough(values, cumulative - dense) or _close_enough(values, cumulative):
             fail(f"{where}: you did not restore the weights: later layers were measured on an already-pruned model "
                  f"(your value for block {num_blocks - 1} is that of blocks 0..{num_blocks - 1} all pruned). "
                  "Save a COPY of each weight before pruning (w.detach().clone(): `saved = linear.weight` is the same "
@@ -195,7 +195,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
         (torch.zeros_like(reference), "every increase is 0: the model you evaluated was never pruned (did you prune a "
                                       "copy of the weights, or evaluate before pruning?)"),
     ]
-    diagnose(variants, lambda variant: _matches(values, variant), where)
+    diagnose(variants, lambda variant: _close_enough(values, variant), where)
     mistakes = [
         ("row", "you pruned per row (each output row loses its own share); the scan uses magnitude pruning with one "
                 "threshold per weight matrix: magnitude_mask(weight, sparsity), the default scope"),
@@ -207,7 +207,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
                                        "the sparsity is the fraction REMOVED"))
     for how, message in mistakes:
         wrong = torch.tensor(_scan(pristine, adapter, evaluate, sparsity, how), dtype=torch.float64)
-        if _matches(values, wrong - dense) or _matches(values, wrong):
+        if _close_enough(values, wrong - dense) or _close_enough(values, wrong):
             fail(f"{where}: {message}.")
     if changed:
         fail(f"{where}: you did not restore the weights: after your scan {changed[0]} (and {len(changed) - 1} more) "
@@ -218,7 +218,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
     fail(f"{where}: block {first}: your increase is {float(values[first]):.6g}, expected "
          f"{float(reference[first]):.6g} (dense perplexity {dense:.6g}, with block {first} pruned "
          f"{float(isolated[first]):.6g}). Prune every linear of that block only (adapter.linears(block)) with "
-         f"magnitude_mask(weight, {sparsity}), evaluate, restore. Expected {_fmt(reference)}, yours {_fmt(values)}.")
+         f"magnitude_mask(weight, {sparsity}), evaluate, restore. Expected {_fmt_all(reference)}, yours {_fmt_all(values)}.")
 
 
 @keeps_rng
@@ -281,12 +281,12 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
         reference = schedule_from_sensitivity(sensitivity, target, spread, counts=counts, mapping="rank")
         if _close(values, reference, 1e-6):
             continue
-        where += f" (sensitivities {_fmt(sensitivity, 3)})"
+        where += f" (sensitivities {_fmt_all(sensitivity, 3)})"
         ranks = _ranks(sensitivity)
         if not bool(torch.isfinite(values).all()):
-            fail(f"{where}: your schedule contains NaN or inf: {_fmt(values)}")
+            fail(f"{where}: your schedule contains NaN or inf: {_fmt_all(values)}")
         if bool((values <= 0).any() or (values >= 1).any()):
-            fail(f"{where}: your schedule {_fmt(values)} has sparsities outside (0, 1). Every block's sparsity must be "
+            fail(f"{where}: your schedule {_fmt_all(values)} has sparsities outside (0, 1). Every block's sparsity must be "
                  f"a fraction strictly between 0 and 1; with these inputs the reference stays within "
                  f"[{float(reference.min()):.3f}, {float(reference.max()):.3f}] (max - min = spread = {spread}).")
         total = schedule_sparsity(values.tolist(), counts)
@@ -312,18 +312,18 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
         diagnose(variants, lambda variant: _close(values, variant, 1e-6), where)
         if abs(total - target) > 1e-6:
             fail(f"{where}: the parameter-weighted mean of your schedule, sum(n_l s_l) / sum(n_l), is {total:.6f}; it "
-                 f"must equal the target {target} (yours {_fmt(values)}, expected {_fmt(reference)}).")
+                 f"must equal the target {target} (yours {_fmt_all(values)}, expected {_fmt_all(reference)}).")
         if abs(float(values.max() - values.min()) - spread) > 1e-6:
             fail(f"{where}: max s - min s of your schedule is {_spread_word(values)}, expected the spread {spread} "
-                 f"(yours {_fmt(values)}, expected {_fmt(reference)}).")
+                 f"(yours {_fmt_all(values)}, expected {_fmt_all(reference)}).")
         if not torch.equal(torch.argsort(values), torch.argsort(reference)):
             fail(f"{where}: the order of your sparsities is not the reverse of the sensitivity order: the most "
                  f"sensitive block (block {int(sensitivity.argmax())}) must get the lowest sparsity, the least "
-                 f"sensitive the highest (yours {_fmt(values)}, expected {_fmt(reference)}).")
+                 f"sensitive the highest (yours {_fmt_all(values)}, expected {_fmt_all(reference)}).")
         first = int(((values - reference).abs() > 1e-6).nonzero()[0])
         fail(f"{where}: block {first} gets {float(values[first]):.6g}, expected {float(reference[first]):.6g}: "
-             f"u = rank / (L - 1), s = target - spread * (u - weighted mean of u). Expected {_fmt(reference)}, "
-             f"yours {_fmt(values)}.")
+             f"u = rank / (L - 1), s = target - spread * (u - weighted mean of u). Expected {_fmt_all(reference)}, "
+             f"yours {_fmt_all(values)}.")
 
     # a spread that does not fit: the schedule would leave (0, 1)
     sensitivity, counts, target, spread = torch.tensor([0.3, 0.1, 0.9, 0.2], dtype=torch.float64), [4, 4, 4, 4], 0.9, 0.4
@@ -333,7 +333,7 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
         hint="; raise ValueError when a sparsity would leave (0, 1)")
     if not raised:
         try:
-            shown = _fmt(torch.as_tensor(result, dtype=torch.float64).flatten())
+            shown = _fmt_all(torch.as_tensor(result, dtype=torch.float64).flatten())
         except (TypeError, ValueError, RuntimeError):
             shown = repr(result)
         fail(f"{where}: the least sensitive block would get sparsity {target} + {spread} * 1/2 = 1.1, outside (0, 1), "
@@ -462,9 +462,9 @@ def check_owl_sparsities(owl_sparsities: Callable) -> None:
         reference = reference_owl_sparsities(ratios, target, lam)
         if _close(values, reference, 1e-6):
             continue
-        where += f" (ratios {_fmt(ratios[:6], 3)}{' ...' if ratios.numel() > 6 else ''})"
+        where += f" (ratios {_fmt_all(ratios[:6], 3)}{' ...' if ratios.numel() > 6 else ''})"
         if not bool(torch.isfinite(values).all()):
-            fail(f"{where}: your sparsities contain NaN or inf: {_fmt(values)}")
+            fail(f"{where}: your sparsities contain NaN or inf: {_fmt_all(values)}")
         u = (ratios - ratios.min()) / (ratios.max() - ratios.min())
         shifted_mean = float((target + lam - 2 * lam * u).mean())
         variants = [
@@ -485,10 +485,10 @@ def check_owl_sparsities(owl_sparsities: Callable) -> None:
         diagnose(variants, lambda variant: _close(values, variant, 1e-6), where)
         if abs(float(values.mean()) - target) > 1e-6:
             fail(f"{where}: the mean of your sparsities is {float(values.mean()):.6f}; it must equal the target {target} "
-                 f"(yours {_fmt(values[:6])}, expected {_fmt(reference[:6])}).")
+                 f"(yours {_fmt_all(values[:6])}, expected {_fmt_all(reference[:6])}).")
         if abs(float(values.max() - values.min()) - 2 * lam) > 1e-6:
             fail(f"{where}: max - min of your sparsities is {_spread_word(values)}; OWL's band is 2 lambda = {2 * lam:.4g} "
-                 f"wide (yours {_fmt(values[:6])}, expected {_fmt(reference[:6])}).")
+                 f"wide (yours {_fmt_all(values[:6])}, expected {_fmt_all(reference[:6])}).")
         first = int(((values - reference).abs() > 1e-6).nonzero()[0])
         fail(f"{where}: block {first} gets {float(values[first]):.6g}, expected {float(reference[first]):.6g}: "
              "u = (D - min D) / (max D - min D), s = target - 2 lambda (u - mean(u)).")

@@ -34,22 +34,9 @@ from ..sparse_inference import (
     to_csr,
 )
 from ..sparse_inference import csr_nbytes as reference_csr_nbytes
-from . import call, diagnose, fail, keeps_rng, passed
+from . import call, diagnose, expect_number, fail, keeps_rng, passed
 
 __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
-
-
-def _as_number(value, where: str, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            fail(f"{where}: return one number ({what}), got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and type(value).__module__ != "numpy":
-        fail(f"{where}: return a number ({what}), got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        fail(f"{where}: you returned {value}; expected a finite number ({what})")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +68,7 @@ def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
     name = "csr_nbytes"
     for csr, description in _csr_cases(seed):
         where = f"on {description}"
-        got = _as_number(call(csr_nbytes, csr, name=name), where, "the bytes of the CSR tensor")
+        got = expect_number(call(csr_nbytes, csr, name=name), f"{where}: {name}", "the bytes of the CSR tensor", kind="a number")
         expected = reference_csr_nbytes(csr)
         if got == expected:
             continue
@@ -129,7 +116,7 @@ def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
     random.Random(seed).shuffle(pairs)
     for v, i in pairs:
         where = f"with {v}-byte values and {i}-byte indices"
-        got = _as_number(call(memory_break_even, v, i, name=name), where, "a sparsity between 0 and 1")
+        got = expect_number(call(memory_break_even, v, i, name=name), f"{where}: {name}", "a sparsity between 0 and 1", kind="a number")
         expected = csr_memory_break_even(v, i)
         if math.isclose(got, expected, rel_tol=1e-9):
             continue
@@ -201,11 +188,11 @@ def _reference(s: list[float], r: list[float]) -> float | None:
     return break_even_sparsity(rows, 1)
 
 
-def _fmt(value: float | None) -> str:
+def _fmt_sparsity(value: float | None) -> str:
     return "None" if value is None else f"{value:.4g}"
 
 
-def _same(a: float | None, b: float | None) -> bool:
+def _same_sparsity(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
@@ -226,8 +213,8 @@ def check_break_even(break_even: Callable, seed: int = 0) -> None:
             fail(f"{where}: {name} modified its input lists (e.g. with .sort()); sort a copy: sorted(zip(s, r))")
         expected = _reference(sparsities, ratios)
         if got is not None:
-            got = _as_number(got, where, "a sparsity, or None")
-        if _same(got, expected):
+            got = expect_number(got, f"{where}: {name}", "a sparsity, or None", kind="a number")
+        if _same_sparsity(got, expected):
             continue
         if got is None and all(x < 1 for x in ratios):
             fail(f"{where}: you return None, expected {expected:.4g}: CSR is faster at EVERY measured point, so the "
@@ -246,8 +233,8 @@ def check_break_even(break_even: Callable, seed: int = 0) -> None:
         ]
         diagnose(
             variants,
-            lambda value: _same(got, value) and not _same(value, expected),
-            describe=lambda message: f"{where}: you return {_fmt(got)}, expected {_fmt(expected)}: {message}.",
+            lambda value: _same_sparsity(got, value) and not _same_sparsity(value, expected),
+            describe=lambda message: f"{where}: you return {_fmt_sparsity(got)}, expected {_fmt_sparsity(expected)}: {message}.",
         )
         if expected is None:
             fail(f"{where}: you return {got}; CSR is not faster at the highest measured sparsity, so there is no "

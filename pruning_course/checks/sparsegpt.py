@@ -42,7 +42,8 @@ from . import (
     expect_tensor,
     fail,
     generator,
-    largest_difference,
+    describe_largest_difference,
+    expect_number,
     passed,
     scale_factor,
 )
@@ -60,30 +61,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def _first_difference(value: torch.Tensor, reference: torch.Tensor) -> str:
-    index, got, want = largest_difference(value, reference)
-    where = f"at {list(index)}" if len(index) > 1 else (f"at [{index[0]}]" if index else "")
-    return f"{where}: you have {got:.6g}, expected {want:.6g}"
-
-
 def _unchanged(before: torch.Tensor, after: torch.Tensor, what: str, fn_name: str, where: str) -> None:
     if not torch.equal(before, after):
         fail(f"{where}: {fn_name} modified {what} in place; work on a copy (e.g. w_row.clone()) or use "
              "out-of-place operations")
-
-
-def _number(result, where: str, fn_name: str) -> float:
-    if isinstance(result, torch.Tensor):
-        if result.numel() != 1:
-            fail(f"{where}: {fn_name} should return one number (a float or a 0-d tensor), got a tensor of shape "
-                 f"{tuple(result.shape)}")
-        result = float(result.detach())
-    if isinstance(result, bool) or not isinstance(result, (int, float)):
-        fail(f"{where}: {fn_name} should return a float, got {type(result).__name__}")
-    result = float(result)
-    if not math.isfinite(result):
-        fail(f"{where}: {fn_name} returned {result}")
-    return result
 
 
 def _spd_problem(gen: torch.Generator, cols: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,7 +151,7 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
         if close_to(result, torch.diag(reference.diagonal())):
             fail(f"{where}: you returned only the diagonal of H; SparseGPT needs the full matrix 2/n X^T X "
                  "(its off-diagonal entries say how correlated the inputs are)")
-        fail(f"{where}: H differs from 2/n X^T X {_first_difference(result, reference)}")
+        fail(f"{where}: H differs from 2/n X^T X {describe_largest_difference(result, reference)}")
     passed("layer_hessian(x) = 2/n X^T X over all tokens, shape (in, in)")
 
 
@@ -229,7 +210,7 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
             if close_to(result, reference, rtol=1e-4):
                 fail(f"{where}: w'_q should be 0 after removing weight q, you have {float(result[q]):.3g}")
             fail(f"{where}: the updated row differs from w - (w_q / [H^-1]_qq) * H^-1[:, q] "
-                 f"{_first_difference(result, reference)}")
+                 f"{describe_largest_difference(result, reference)}")
     passed("obs_remove_weight: w' = w - (w_q / [H^-1]_qq) * H^-1[:, q], with w'_q = 0")
 
 
@@ -290,7 +271,7 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
         diagnose(variants, lambda variant: close_to(result, variant.expand(shape)), where)
         hint = (" (w here is a whole (out, in) matrix: does your code assume a 1-D row? w.pow(2) / "
                 "torch.diagonal(h_inv) broadcasts over the rows)") if w.dim() == 2 else ""
-        fail(f"{where}: the saliencies differ from w^2 / [H^-1]_qq {_first_difference(result, reference)}{hint}")
+        fail(f"{where}: the saliencies differ from w^2 / [H^-1]_qq {describe_largest_difference(result, reference)}{hint}")
     passed("obs_saliency: eps_q = w_q^2 / [H^-1]_qq, for a row and for a matrix")
 
 
@@ -321,7 +302,7 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
             raise
         for before, after, what in zip((weight, new_weight, x), args, ("weight", "new_weight", "x")):
             _unchanged(before, after, what, name, where)
-        result = _number(result, where, name)
+        result = expect_number(result, f"{where}: {name}")
         reference = relative_output_error(x, weight, new_weight)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue

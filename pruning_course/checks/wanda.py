@@ -19,6 +19,7 @@ from ..evaluate import relative_output_error
 from ..masks import nm_mask as reference_nm_mask
 from ..masks import num_to_prune, per_matrix_mask, per_row_mask
 from ..unstructured.wanda import wanda_scores as reference_wanda_scores
+from ..testing import tiny_random_model
 from . import (
     diagnose,
     CheckFailed,
@@ -54,7 +55,7 @@ def _positive_factor(value: torch.Tensor, reference: torch.Tensor) -> float | No
     return c if c is not None and c > 0 else None
 
 
-def _same(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> bool:
+def _same_scores(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> bool:
     value = value.detach()
     if value.shape != reference.shape:
         return False
@@ -154,14 +155,6 @@ def _recording_hook(store_in: list, store_out: list):
     return hook
 
 
-def _tiny_llama(seed: int) -> nn.Module:
-    """The course's tiny random Llama (2 blocks, width 64), without touching the global RNG."""
-    from ..testing import tiny_random_model
-
-    with torch.random.fork_rng(devices=[]):
-        return tiny_random_model("llama", seed=seed)
-
-
 @keeps_rng
 def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     """Check ``collect_act_sq_norms(linear, model, batches)``.
@@ -202,7 +195,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     factors.append(_check_norm_result(result, inputs, outputs, out_features, where))
 
     # case 2: a layer inside a (tiny, random) Llama model: only a hook can see its inputs
-    model = _tiny_llama(seed=3)
+    model = tiny_random_model("llama", seed=3)
     windows = torch.randint(0, model.config.vocab_size, (5, 24), generator=generator(31))
     batches = [windows[:2], windows[2:4], windows[4:]]
     for block, layer_name in ((1, "self_attn.o_proj"), (0, "mlp.down_proj")):
@@ -261,7 +254,7 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
                  "weight is the model's")
         result = expect_tensor(result, shape, f"wanda_scores of a {shape[0]}x{shape[1]} weight")
         reference = reference_wanda_scores(weight, act)
-        if _same(result, reference):
+        if _same_scores(result, reference):
             continue
         sq = act.unsqueeze(0)
         variants = [
@@ -281,7 +274,7 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
                              "not .unsqueeze(1)"))
         diagnose(
             variants,
-            lambda variant: _same(result, variant),
+            lambda variant: _same_scores(result, variant),
             describe=lambda message: f"on a {shape[0]}x{shape[1]} weight: {message}.",
         )
         diff = (result.double() - reference.double()).abs()

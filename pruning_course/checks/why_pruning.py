@@ -197,7 +197,7 @@ def _ordered(weight: torch.Tensor, keep: torch.Tensor) -> bool:
     return bool(magnitudes[~keep].max() <= magnitudes[keep].min())
 
 
-def _first_difference(got: torch.Tensor, expected: torch.Tensor, weight: torch.Tensor) -> str:
+def _first_mask_difference(got: torch.Tensor, expected: torch.Tensor, weight: torch.Tensor) -> str:
     index = tuple(int(i) for i in (got != expected).nonzero()[0])
     return (f"first difference at {list(index)}: w = {weight[index].item():.4g}, your mask says "
             f"{bool(got[index])}, expected {bool(expected[index])}")
@@ -245,9 +245,9 @@ def _diagnose_mask(got: torch.Tensor, weight: torch.Tensor, sparsity: float, wha
                 f"removing floor({numel} * {sparsity}) = {k}")
     if removed == k:
         return (f"{what} removes the right number of weights ({k}) but not the smallest |w|; "
-                + _first_difference(got, expected, weight))
+                + _first_mask_difference(got, expected, weight))
     return (f"{what} removes {fraction} of the weights (target: {k}, i.e. {100 * k / numel:.1f}%), and not "
-            "the smallest |w|; " + _first_difference(got, expected, weight))
+            "the smallest |w|; " + _first_mask_difference(got, expected, weight))
 
 
 def check_magnitude_mask(magnitude_mask_fn, seed: int = 0, cases=None) -> None:

@@ -150,7 +150,7 @@ def _tiny_llama_mlp(hidden: int, intermediate: int, seed: int) -> nn.Module:
                              max_position_embeddings=64)
 
 
-def _package_slices(gate, up, down, keep, seed):
+def _package_width_slices(gate, up, down, keep, seed):
     model = _tiny_llama_mlp(gate.shape[1], gate.shape[0], seed)
     adapter = adapter_for(model)
     mlp = adapter.blocks(model)[0].mlp
@@ -166,7 +166,7 @@ def _mlp(x, gate, up, down):
     return (F.silu(x @ gate.t()) * (x @ up.t())) @ down.t()
 
 
-def _slice_cases(seed: int):
+def _width_slice_cases(seed: int):
     gen = generator(90 + seed)
     cases = []
     for hidden, intermediate, kept in ((12, 8, 5), (6, 10, 4), (8, 16, 8), (10, 7, 6)):
@@ -188,7 +188,7 @@ def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
     """
     name = "slice_mlp"
     gen = generator(95 + seed)
-    for hidden, intermediate, keep in _slice_cases(seed):
+    for hidden, intermediate, keep in _width_slice_cases(seed):
         gate = torch.randn(intermediate, hidden, generator=gen)
         up = torch.randn(intermediate, hidden, generator=gen)
         down = torch.randn(hidden, intermediate, generator=gen)
@@ -212,7 +212,7 @@ def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
         for label, value in zip(("gate", "up", "down"), got):
             if not isinstance(value, torch.Tensor):
                 fail(f"{where}: {label} should be a torch.Tensor, got {type(value).__name__}")
-        ref = _package_slices(gate, up, down, keep, seed)
+        ref = _package_width_slices(gate, up, down, keep, seed)
         if all(g.shape == r.shape and torch.equal(g, r) for g, r in zip(got, ref)):
             continue
         n = keep.numel()

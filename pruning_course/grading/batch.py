@@ -265,7 +265,7 @@ def _collect(course: Course, out: Path, job: _Job) -> list[NotebookGrade]:
             notes.append("nbgrader could not produce the feedback page")
         status = next((s for s in STATUSES if s in flags), "graded")
         reason = " | ".join(notes)
-        feedback = _publish(course, out, student, a, nb, score, max_score, status, reason)
+        feedback = _publish_feedback(course, out, student, a, nb, score, max_score, status, reason)
         grades.append(NotebookGrade(student, a, nb, score, max_score, status, reason, feedback,
                                     job.submitted[nb].origin if nb in job.submitted else ""))
     return grades
@@ -278,7 +278,7 @@ def _max_points(path: Path) -> float:
         return 0.0
 
 
-def _publish(course: Course, out: Path, student: str, a: str, nb: str, score: float, max_score: float,
+def _publish_feedback(course: Course, out: Path, student: str, a: str, nb: str, score: float, max_score: float,
              status: str, reason: str) -> Path:
     """Copy the feedback (with a grading-notes box) and the executed notebook into ``out``."""
     box = _notes_box(student, nb, score, max_score, status, reason)
