@@ -25,6 +25,8 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .errors import InputError
+
 PRUNABLE_TYPES = (nn.Linear, Conv1D)
 PRUNABLE_KINDS = "nn.Linear or GPT-2's Conv1D"  # how messages name PRUNABLE_TYPES
 
@@ -88,7 +90,7 @@ def slice_linear(module: nn.Module, index: torch.Tensor, side: str) -> None:
     device and ``requires_grad``.
     """
     if side not in ("out", "in"):
-        raise ValueError(f"side must be 'out' or 'in', got {side!r}")
+        raise InputError(f"side must be 'out' or 'in', got {side!r}")
     if not is_prunable_linear(module):
         raise TypeError(f"{type(module).__name__} is not an nn.Linear or Conv1D")
     index = torch.as_tensor(index, dtype=torch.long, device=module.weight.device)
@@ -118,7 +120,7 @@ def set_weight_matrix(module: nn.Module, new_weight: torch.Tensor) -> None:
     """Write an ``(out_features, in_features)`` matrix into the layer, whatever its storage."""
     target = weight_matrix(module)
     if target.shape != new_weight.shape:
-        raise ValueError(f"expected a weight of shape {tuple(target.shape)}, got {tuple(new_weight.shape)}")
+        raise InputError(f"expected a weight of shape {tuple(target.shape)}, got {tuple(new_weight.shape)}")
     target.copy_(new_weight.to(target.dtype))
 
 
@@ -126,7 +128,7 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
     """Zero the weights of a linear layer where ``mask`` is ``False`` (mask is ``(out, in)``)."""
     weight = weight_matrix(module)
     if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the weight {tuple(weight.shape)}")
+        raise InputError(f"mask shape {tuple(mask.shape)} does not match the weight {tuple(weight.shape)}")
     weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
 
 
@@ -216,7 +218,7 @@ class ArchitectureAdapter:
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         blocks = _get(model, self.blocks_path)
         if not isinstance(blocks, nn.ModuleList):
-            raise ValueError(f"{type(model).__name__} has no decoder blocks at '{self.blocks_path}'")
+            raise InputError(f"{type(model).__name__} has no decoder blocks at '{self.blocks_path}'")
         return blocks
 
     def pre_block_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -270,7 +272,7 @@ OPT = ArchitectureAdapter(
 def layout_for(adapter: ArchitectureAdapter) -> BlockLayout:
     """The :class:`BlockLayout` of ``adapter``'s family."""
     if adapter.layout is None:
-        raise ValueError(
+        raise InputError(
             f"the block layout of family {adapter.family!r} is not known; give its ArchitectureAdapter a "
             "BlockLayout in pruning_course.architectures"
         )
@@ -293,7 +295,7 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     adapter = ADAPTERS_BY_MODEL_TYPE.get(model_type)
     if adapter is None:
         supported = ", ".join(sorted(ADAPTERS_BY_MODEL_TYPE))
-        raise ValueError(
+        raise InputError(
             f"no architecture adapter for model_type={model_type!r}; supported: {supported}. "
             "Add an ArchitectureAdapter to pruning_course.architectures.ADAPTERS_BY_MODEL_TYPE."
         )

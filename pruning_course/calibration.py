@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter, weight_matrix
 
 
@@ -215,7 +216,7 @@ def run_blockwise(
     so each block runs once).
     """
     if windows.dim() != 2:
-        raise ValueError(f"calibration windows must be an (n, seqlen) tensor of token ids, got shape {tuple(windows.shape)}")
+        raise InputError(f"calibration windows must be an (n, seqlen) tensor of token ids, got shape {tuple(windows.shape)}")
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
     was_training = model.training

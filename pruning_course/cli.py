@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import InputError
 from . import settings
 from .model_files import check_writable_dir, check_writable_file, save_model_dir, writing
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad input from the command line: printed as one clear line, exit status 2."""
 
 
@@ -177,7 +178,7 @@ def cmd_prune(args) -> int:
     owl = None
     if args.owl:
         if args.pattern:
-            raise ValueError("--owl sets one unstructured sparsity per block; it cannot be combined with --pattern")
+            raise InputError("--owl sets one unstructured sparsity per block; it cannot be combined with --pattern")
         owl = (args.owl_m, args.owl_lambda)
         owl_sparsities([0.0, 1.0], args.sparsity, args.owl_lambda)  # a lambda too large for the target fails here
     (model, tokenizer, adapter), device = _load_from_args(args)
@@ -480,12 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by the input or the environment: one clear line and exit status 2, no traceback."""
+    """Errors caused by the input or the environment: one clear line and exit status 2, no traceback.
+
+    A plain ``ValueError`` (or any other exception) is not among them: it is a bug, and keeps its traceback."""
     from .grading import GradingError
     from .model_files import ModelFileError
     from .models import ModelUnavailableError
 
-    return UsageError, ModelFileError, ValueError, OSError, ConnectionError, GradingError, ModelUnavailableError
+    return InputError, ModelFileError, OSError, ConnectionError, GradingError, ModelUnavailableError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 
 import datasets
 
+from .errors import InputError
 from .data import load_wiki_articles
 
 TEXT = "text"
@@ -103,7 +104,7 @@ def hub_text_dataset(path: str, config: str | None = None, split: str = "train",
         ) from error
     columns = dataset.column_names
     if columns is not None and TEXT not in columns:
-        raise ValueError(f"dataset {path!r} has no {TEXT!r} column: {columns}")
+        raise InputError(f"dataset {path!r} has no {TEXT!r} column: {columns}")
     return dataset
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
 from .settings import cache_dir
 
 SPLITS = ("train", "validation", "test")
@@ -72,7 +73,7 @@ def load_corpus(name: str = WIKI_SAMPLE) -> dict[str, str]:
     if "/" in name:
         path, _, config = name.partition(":")
         return _hub_splits(path, config or None)
-    raise ValueError(
+    raise InputError(
         f"unknown corpus {name!r}: use one of {', '.join(CORPUS_NAMES)}, "
         "or a Hugging Face Hub dataset as 'owner/name' or 'owner/name:config'"
     )
@@ -129,10 +130,10 @@ def _hub_splits(path: str, config: str | None) -> dict[str, str]:
         ) from error
     splits = {split: dataset[split] for split in SPLITS if split in dataset}
     if not splits:
-        raise ValueError(f"dataset {path!r} has none of the splits {SPLITS}; it has {list(dataset)}")
+        raise InputError(f"dataset {path!r} has none of the splits {SPLITS}; it has {list(dataset)}")
     for split, rows in splits.items():
         if "text" not in rows.column_names:
-            raise ValueError(f"dataset {path!r} split {split!r} has no 'text' column: {rows.column_names}")
+            raise InputError(f"dataset {path!r} split {split!r} has no 'text' column: {rows.column_names}")
     return {split: ARTICLE_SEPARATOR.join(rows["text"]) for split, rows in splits.items()}
 
 
@@ -188,13 +189,13 @@ def calibration_windows(ids: torch.LongTensor, n: int, seqlen: int, seed: int = 
     ``torch.Generator`` seeded with ``seed``; window ``i`` is ``ids[starts[i] : starts[i] + seqlen]``.
     """
     if ids.dim() != 1:
-        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+        raise InputError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
     if n < 1:
-        raise ValueError(f"n must be at least 1 window, got {n}")
+        raise InputError(f"n must be at least 1 window, got {n}")
     if seqlen < 2:
-        raise ValueError(f"seqlen must be at least 2 tokens, got {seqlen}")
+        raise InputError(f"seqlen must be at least 2 tokens, got {seqlen}")
     if len(ids) < seqlen + 2:
-        raise ValueError(
+        raise InputError(
             f"{len(ids)} tokens are too few for windows of {seqlen}: need at least {seqlen + 2}; "
             "use a shorter seqlen or a larger split"
         )

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter, adapter_for, apply_mask, as_stored, weight_matrix
 from .evaluate import eval_windows
 
@@ -40,11 +41,11 @@ TRAINABLE = ("linears", "all")
 def check_kd_options(temperature: float, alpha: float, has_labels: bool = True) -> None:
     """Raise a ``ValueError`` saying what is wrong with a temperature / alpha choice."""
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive number (1 = the models' own distributions), got {temperature!r}")
+        raise InputError(f"temperature must be a positive number (1 = the models' own distributions), got {temperature!r}")
     if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha (weight of the distillation term) must be in [0, 1], got {alpha!r}")
+        raise InputError(f"alpha (weight of the distillation term) must be in [0, 1], got {alpha!r}")
     if alpha < 1.0 and not has_labels:
-        raise ValueError(f"alpha={alpha} mixes in the cross-entropy on the next tokens: pass labels (or use alpha=1)")
+        raise InputError(f"alpha={alpha} mixes in the cross-entropy on the next tokens: pass labels (or use alpha=1)")
 
 
 def kd_loss(
@@ -64,7 +65,7 @@ def kd_loss(
     without one. Computed in float32; the teacher side carries no gradient.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise InputError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape; "
             "the two models must see the same tokens and share one vocabulary (tokenizer)"
         )
@@ -80,7 +81,7 @@ def kd_loss(
         loss = loss + alpha * temperature**2 * kl
     if alpha < 1:
         if labels.shape != student_logits.shape[:-1]:
-            raise ValueError(f"labels must have shape {tuple(student_logits.shape[:-1])} (one target per position), got {tuple(labels.shape)}")
+            raise InputError(f"labels must have shape {tuple(student_logits.shape[:-1])} (one target per position), got {tuple(labels.shape)}")
         loss = loss + (1 - alpha) * F.cross_entropy(s, labels.reshape(-1), ignore_index=ignore_index)
     return loss
 
@@ -104,14 +105,14 @@ def _check_masks(model: nn.Module, adapter: ArchitectureAdapter, masks: dict[str
     linears = adapter.named_linears(model)
     unknown = sorted(set(masks) - set(linears))
     if unknown:
-        raise ValueError(f"keep-masks name {len(unknown)} layer(s) the model does not have, e.g. {unknown[0]!r}; "
+        raise InputError(f"keep-masks name {len(unknown)} layer(s) the model does not have, e.g. {unknown[0]!r}; "
                          "keys must be full linear names as in adapter.named_linears(model)")
     for name, mask in masks.items():
         shape = tuple(weight_matrix(linears[name]).shape)
         if tuple(mask.shape) != shape:
-            raise ValueError(f"the keep-mask of {name} has shape {tuple(mask.shape)}, the weight is {shape} (out, in)")
+            raise InputError(f"the keep-mask of {name} has shape {tuple(mask.shape)}, the weight is {shape} (out, in)")
         if mask.dtype != torch.bool:
-            raise ValueError(f"the keep-mask of {name} must be a bool tensor (True = keep), got {mask.dtype}")
+            raise InputError(f"the keep-mask of {name} must be a bool tensor (True = keep), got {mask.dtype}")
     return {name: linears[name] for name in masks}
 
 
@@ -174,7 +175,7 @@ def random_windows(ids: torch.Tensor, n: int, seqlen: int, generator: torch.Gene
 def trainable_parameters(model: nn.Module, adapter: ArchitectureAdapter, which: str = "linears") -> list[nn.Parameter]:
     """Parameters to fine-tune: ``"linears"`` (weights and biases of the prunable linears) or ``"all"``."""
     if which not in TRAINABLE:
-        raise ValueError(f"unknown trainable set {which!r}; choose one of: {', '.join(TRAINABLE)}")
+        raise InputError(f"unknown trainable set {which!r}; choose one of: {', '.join(TRAINABLE)}")
     if which == "all":
         return list(model.parameters())
     params = []
@@ -235,15 +236,15 @@ def distill(
     """
     for name, value in (("steps", steps), ("seqlen", seqlen), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < (2 if name == "seqlen" else 1):
-            raise ValueError(f"{name} must be an integer of at least {2 if name == 'seqlen' else 1}, got {value!r}")
+            raise InputError(f"{name} must be an integer of at least {2 if name == 'seqlen' else 1}, got {value!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive learning rate (e.g. 5e-5), got {lr!r}")
+        raise InputError(f"lr must be a positive learning rate (e.g. 5e-5), got {lr!r}")
     if train_ids.dim() != 1:
-        raise ValueError(f"train_ids must be a 1-D tensor of token ids (a tokenized split), got shape {tuple(train_ids.shape)}")
+        raise InputError(f"train_ids must be a 1-D tensor of token ids (a tokenized split), got shape {tuple(train_ids.shape)}")
     if train_ids.numel() < seqlen:
-        raise ValueError(f"train_ids has {train_ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+        raise InputError(f"train_ids has {train_ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
     if student is teacher:
-        raise ValueError("student and teacher are the same module: distil a pruned copy (copy.deepcopy before pruning)")
+        raise InputError("student and teacher are the same module: distil a pruned copy (copy.deepcopy before pruning)")
     check_kd_options(temperature, alpha)
     adapter = adapter or adapter_for(student)
     masks = masks_from_zeros(student, adapter) if keep_masks is None else keep_masks

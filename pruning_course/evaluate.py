@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter, weight_matrix
 
 
@@ -47,12 +48,12 @@ def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None)
     """Non-overlapping ``(n, seqlen)`` windows of a 1-D token sequence, remainder dropped."""
     ids = ids.reshape(-1)
     if seqlen < 2:
-        raise ValueError(f"seqlen must be at least 2 tokens, got {seqlen}")
+        raise InputError(f"seqlen must be at least 2 tokens, got {seqlen}")
     n = ids.numel() // seqlen
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+        raise InputError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
     return ids[: n * seqlen].view(n, seqlen)
 
 
@@ -201,9 +202,9 @@ def interleaved_median_ms(fns, warmup: int = 3, repeats: int = 20, clock: str = 
     (elapsed) or ``"process"`` (this process's CPU seconds, see :func:`measure_speed`).
     """
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+        raise InputError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
+        raise InputError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     now = CLOCKS[clock]
     for _ in range(warmup):
         for fn in fns:
@@ -245,9 +246,9 @@ def measure_speed(
     per CPU-second. Compare models on the same clock, never across clocks.
     """
     if min(batch_size, prompt_tokens, new_tokens, repeats) < 1 or warmup < 0:
-        raise ValueError("batch_size, prompt_tokens, new_tokens and repeats must be positive, warmup >= 0")
+        raise InputError("batch_size, prompt_tokens, new_tokens and repeats must be positive, warmup >= 0")
     if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
+        raise InputError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
     device = next(model.parameters()).device
     if prompt_ids is None:
         vocab = model.get_input_embeddings().num_embeddings
@@ -344,7 +345,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     ranking (a cheap proxy score) orders things like another (the measured damage). NaN for fewer
     than three values."""
     if len(a) != len(b):
-        raise ValueError(f"rank_correlation needs two sequences of one length, got {len(a)} and {len(b)}")
+        raise InputError(f"rank_correlation needs two sequences of one length, got {len(a)} and {len(b)}")
     if len(a) <= 2:
         return float("nan")
     ranks = [torch.as_tensor(x).argsort().argsort().double() for x in (a, b)]

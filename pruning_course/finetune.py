@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter
 from .calibration import capture_block_inputs
 from .model_files import writing
@@ -93,21 +94,21 @@ class FineTuneConfig:
 
     def __post_init__(self):
         if self.method not in (*METHODS, None):
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)} or None (dense)")
+            raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)} or None (dense)")
         if self.method in ("hard", "magnitude") and self.sparsity is None:
-            raise ValueError(f"{self.method} pruning needs a final sparsity in (0, 1), e.g. 0.5")
+            raise InputError(f"{self.method} pruning needs a final sparsity in (0, 1), e.g. 0.5")
         if self.method is not None and self.sparsity is not None:
             validate_sparsity(self.sparsity)
         for name in ("steps", "batch_size", "train_blocks"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.seqlen < 2:
-            raise ValueError(f"seqlen must be at least 2 tokens, got {self.seqlen}")
+            raise InputError(f"seqlen must be at least 2 tokens, got {self.seqlen}")
         _check_schedule(0, self.steps, self.warmup_steps, self.cooldown_steps)
         if self.method == "soft":
             soft_threshold_schedule(0, self.steps, self.soft_threshold, self.soft_lambda)
         if self.lr < 0 or self.scores_lr < 0:
-            raise ValueError("learning rates must be >= 0")
+            raise InputError("learning rates must be >= 0")
 
 
 @dataclass
@@ -214,7 +215,7 @@ def prepare_data(
     """
     n_blocks = len(adapter.blocks(model))
     if config.train_blocks > n_blocks:
-        raise ValueError(f"train_blocks={config.train_blocks} but the model has only {n_blocks} decoder blocks")
+        raise InputError(f"train_blocks={config.train_blocks} but the model has only {n_blocks} decoder blocks")
     first_block = n_blocks - config.train_blocks
     train = calibration_windows(splits["train"], config.steps * config.batch_size, config.seqlen, seed=config.seed)
     val = eval_windows(splits["validation"], config.seqlen, config.eval_windows)
@@ -316,7 +317,7 @@ def load_checkpoint(directory: Path, config: FineTuneConfig) -> dict | None:
         saved["prune"] = tuple(saved["prune"])
     if saved != asdict(config):
         changed = sorted(k for k in saved if saved[k] != asdict(config).get(k))
-        raise ValueError(
+        raise InputError(
             f"{path} was written by a run with a different configuration (differs in {', '.join(changed)}); "
             "use another checkpoint directory or delete it to start over"
         )
@@ -363,10 +364,10 @@ def finetune_prune(
     blocks = adapter.blocks(model)
     first_block = len(blocks) - config.train_blocks
     if data.first_block != first_block or data.train_windows.shape != (config.steps * config.batch_size, config.seqlen):
-        raise ValueError("data was prepared for another configuration (train_blocks, steps, batch_size or seqlen): "
+        raise InputError("data was prepared for another configuration (train_blocks, steps, batch_size or seqlen): "
                          "call prepare_data with this config")
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+        raise InputError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
 
     if config.method is not None:
         names = select_linears(model, adapter, range(first_block, len(blocks)), config.prune)

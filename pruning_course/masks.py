@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
 
 
 def validate_sparsity(sparsity: float) -> float:
@@ -23,10 +24,10 @@ def validate_sparsity(sparsity: float) -> float:
     try:
         value = float(sparsity)
     except (TypeError, ValueError):
-        raise ValueError(f"sparsity must be a number in (0, 1), e.g. 0.5 for 50%; got {sparsity!r}") from None
+        raise InputError(f"sparsity must be a number in (0, 1), e.g. 0.5 for 50%; got {sparsity!r}") from None
     if not 0.0 < value < 1.0:
         hint = " (did you mean a fraction, e.g. 0.5 for 50%?)" if 1.0 <= value <= 100.0 else ""
-        raise ValueError(f"sparsity must be in (0, 1), got {sparsity!r}{hint}")
+        raise InputError(f"sparsity must be in (0, 1), got {sparsity!r}{hint}")
     return value
 
 
@@ -39,11 +40,11 @@ def parse_pattern(pattern: str | tuple[int, int] | None) -> tuple[int, int] | No
         try:
             n, m = (int(p) for p in parts)
         except ValueError:
-            raise ValueError(f"an N:M pattern looks like '2:4' (keep N of every M weights); got {pattern!r}") from None
+            raise InputError(f"an N:M pattern looks like '2:4' (keep N of every M weights); got {pattern!r}") from None
     else:
         n, m = pattern
     if not (0 < n < m):
-        raise ValueError(f"an N:M pattern needs 0 < N < M (keep N of every M weights); got {n}:{m}")
+        raise InputError(f"an N:M pattern needs 0 < N < M (keep N of every M weights); got {n}:{m}")
     return n, m
 
 
@@ -99,7 +100,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     n, m = parse_pattern((n, m))
     rows, cols = scores.shape
     if cols % m:
-        raise ValueError(
+        raise InputError(
             f"an {n}:{m} pattern groups the {cols} input columns in groups of {m}, but {cols} is not a "
             f"multiple of {m}; choose M dividing the input width or leave this layer unstructured"
         )
@@ -126,11 +127,11 @@ def resolve_target(sparsity: float | None, pattern: str | tuple[int, int] | None
     nm = parse_pattern(pattern)
     if nm is None:
         if sparsity is None:
-            raise ValueError("give a sparsity in (0, 1), e.g. 0.5, or an N:M pattern such as 2:4")
+            raise InputError("give a sparsity in (0, 1), e.g. 0.5, or an N:M pattern such as 2:4")
         return validate_sparsity(sparsity), None
     implied = 1.0 - nm[0] / nm[1]
     if sparsity is not None and abs(validate_sparsity(sparsity) - implied) > 1e-9:
-        raise ValueError(
+        raise InputError(
             f"the pattern {nm[0]}:{nm[1]} keeps {nm[0]} of every {nm[1]} weights, i.e. sparsity {implied:g}; "
             f"got sparsity {sparsity}. Drop --sparsity or set it to {implied:g}"
         )
@@ -145,4 +146,4 @@ def keep_mask(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None 
         return per_row_mask(scores, sparsity)
     if scope == "matrix":
         return per_matrix_mask(scores, sparsity)
-    raise ValueError(f"unknown comparison scope {scope!r}; choose 'row' or 'matrix' (or use global_masks)")
+    raise InputError(f"unknown comparison scope {scope!r}; choose 'row' or 'matrix' (or use global_masks)")

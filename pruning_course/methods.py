@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter, weight_matrix
 from .masks import resolve_target
 from .oneshot import OneShotMethod
@@ -25,7 +26,7 @@ REGISTRY: dict[str, OneShotMethod] = {method.name: method for method in (MAGNITU
 def register(method: OneShotMethod) -> OneShotMethod:
     """Add a one-shot method; from then on the CLI, OWL, sensitivity analysis and compare accept its name."""
     if method.name in REGISTRY and REGISTRY[method.name] is not method:
-        raise ValueError(f"a one-shot method named {method.name!r} is already registered")
+        raise InputError(f"a one-shot method named {method.name!r} is already registered")
     REGISTRY[method.name] = method
     return method
 
@@ -34,7 +35,7 @@ def get_method(name: str, purpose: str | None = None) -> OneShotMethod:
     """The registered method ``name``; ``purpose`` ("OWL") goes into the error for an unknown name."""
     if name not in REGISTRY:
         what = f"method {name!r} for {purpose}" if purpose else f"pruning method {name!r}"
-        raise ValueError(f"unknown {what}; choose one of: {', '.join(REGISTRY)}")
+        raise InputError(f"unknown {what}; choose one of: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -55,7 +56,7 @@ def check_pattern_fits(model: nn.Module, adapter: ArchitectureAdapter, pattern) 
                if weight_matrix(m).shape[1] % nm[1]}
     if misfits:
         name, width = next(iter(misfits.items()))
-        raise ValueError(
+        raise InputError(
             f"the {nm[0]}:{nm[1]} pattern needs every input width to be a multiple of {nm[1]}, but {len(misfits)} "
             f"layer(s) do not (e.g. {name} has {width} inputs); choose an M that divides the widths"
         )

@@ -20,12 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import InputError
+
 # What a ``save_pretrained`` directory holds: a config, weights in one of these forms, a tokenizer.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model file or directory is missing, incomplete or unreadable (the message says which and why)."""
 
 
@@ -146,14 +148,14 @@ def check_writable_file(path: str | Path, option: str) -> None:
     any long work, so that a result is not lost at the end for want of a place to put it."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give the name of a file to write")
+        raise InputError(f"{option} {path} is a folder; give the name of a file to write")
     _check_can_create_in(path, option)
     if path.exists():
         try:
             with open(path, "ab"):
                 pass
         except OSError as error:
-            raise ValueError(f"{option} {path}: cannot write this file ({error.strerror}); choose another path") from None
+            raise InputError(f"{option} {path}: cannot write this file ({error.strerror}); choose another path") from None
 
 
 def check_writable_dir(path: str | Path, option: str) -> None:
@@ -161,9 +163,9 @@ def check_writable_dir(path: str | Path, option: str) -> None:
     or an earlier saved model (replaced), never a file or a folder of other files."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{option} {path} is a file; give the name of a folder to save the model in")
+        raise InputError(f"{option} {path} is a file; give the name of a folder to save the model in")
     if path.is_dir() and any(path.iterdir()) and not looks_like_model_dir(path):
-        raise ValueError(f"{option} {path} already holds files that are not a saved model; "
+        raise InputError(f"{option} {path} already holds files that are not a saved model; "
                          "choose a new or empty folder (nothing was overwritten)")
     _check_can_create_in(path, option)
 
@@ -174,10 +176,10 @@ def _check_can_create_in(path: Path, option: str) -> None:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ValueError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
+        raise InputError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
     try:
         fd, probe = tempfile.mkstemp(prefix=".pruning-course-probe-", dir=ancestor)
     except OSError as error:
-        raise ValueError(f"{option} {path}: cannot write in {ancestor} ({error.strerror}); choose another path") from None
+        raise InputError(f"{option} {path}: cannot write in {ancestor} ({error.strerror}); choose another path") from None
     os.close(fd)
     os.unlink(probe)

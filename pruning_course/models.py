@@ -55,6 +55,8 @@ from pruning_course.testing import tiny_model
 from pruning_course.model_files import check_model_dir, transformers_progress_bars
 from pruning_course.settings import cache_dir
 
+from .errors import InputError
+
 
 class LoadedModel(NamedTuple):
     """A causal LM in eval mode, its tokenizer and its architecture adapter."""
@@ -160,7 +162,7 @@ def embedded_model_dir(name: str = "smollm2-135m", progress: bool = True) -> Pat
     spec = KNOWN_MODELS.get(name)
     if not isinstance(spec, EmbeddedModel):
         embedded = sorted(n for n, s in KNOWN_MODELS.items() if isinstance(s, EmbeddedModel))
-        raise ValueError(f"{name!r} is not an embedded model; embedded models: {', '.join(embedded)}")
+        raise InputError(f"{name!r} is not an embedded model; embedded models: {', '.join(embedded)}")
     target = cache_dir() / "models" / name
     if is_converted_model_dir(target):
         return target
@@ -230,11 +232,11 @@ def _load_by_name(name_or_path: str, dtype: torch.dtype, progress: bool):
         check_model_dir(local)
         return _from_pretrained(local, dtype)
     if _looks_like_a_path(name_or_path):
-        raise ValueError(f"no such model folder: {local} does not exist (a local path, so the Hub was not asked); "
+        raise InputError(f"no such model folder: {local} does not exist (a local path, so the Hub was not asked); "
                          "check the path, or pass a short name such as smollm2-135m")
     if _HUB_ID.fullmatch(name_or_path):
         return _from_hub(name_or_path, dtype)
-    raise ValueError(
+    raise InputError(
         f"unknown model {name_or_path!r}: not a known short name ({', '.join(KNOWN_MODELS)}), "
         "not an existing local directory and not a Hugging Face Hub id of the form 'org/name'."
     )

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
 from .calibration import InputStatistic, run_blockwise
 from .schedules import BlockSparsity, block_sparsities
@@ -74,7 +75,7 @@ class OneShotMethod:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             accepted = ", ".join(self.options) or "none"
-            raise ValueError(f"{self.name} takes no option {', '.join(map(repr, unknown))} (its options: {accepted})")
+            raise InputError(f"{self.name} takes no option {', '.join(map(repr, unknown))} (its options: {accepted})")
 
     def pruned_layer(self, weight: torch.Tensor, statistic: InputStatistic | None, sparsity, nm, **options):
         """``prune_layer`` on one matrix, given the accumulated statistic object (or None)."""
@@ -111,7 +112,7 @@ class OneShotMethod:
             masks[name] = mask.cpu()
 
         if self.needs_data and windows is None:
-            raise ValueError(f"{self.name} is calibrated: pass calibration windows (data.calibration_windows)")
+            raise InputError(f"{self.name} is calibrated: pass calibration windows (data.calibration_windows)")
         for_each_linear(model, adapter, prune_layer, statistic=self.statistic, windows=windows, batch_size=batch_size,
                         device=device, progress=progress, description=self.name)
         return masks

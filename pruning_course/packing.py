@@ -14,11 +14,13 @@ import math
 
 import torch
 
+from .errors import InputError
+
 
 def _chunk(bits: int) -> tuple[int, int]:
     """(values, bytes) of the smallest whole-byte chunk: (2, 1) for 4 bits, (8, 3) for 3 bits."""
     if not 1 <= bits <= 8:
-        raise ValueError(f"can pack 1 to 8 bits per value, got {bits}")
+        raise InputError(f"can pack 1 to 8 bits per value, got {bits}")
     values = 8 // math.gcd(bits, 8)
     return values, values * bits // 8
 
@@ -33,7 +35,7 @@ def pack_int(values: torch.Tensor, bits: int) -> torch.Tensor:
     per, nbytes = _chunk(bits)
     flat = values.reshape(-1).to(torch.int64)
     if flat.numel() and (flat.min() < 0 or flat.max() >= 2**bits):
-        raise ValueError(f"values must lie in [0, {2**bits - 1}] to be packed in {bits} bits")
+        raise InputError(f"values must lie in [0, {2**bits - 1}] to be packed in {bits} bits")
     count = flat.numel()
     flat = torch.cat([flat, flat.new_zeros((-count) % per)]).reshape(-1, per)
     words = (flat << (bits * torch.arange(per, device=flat.device))).sum(dim=1)
@@ -45,9 +47,9 @@ def unpack_int(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """The first ``count`` values of ``bits`` bits from :func:`pack_int`'s output, as a 1-D uint8 tensor."""
     per, nbytes = _chunk(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise ValueError(f"expected a 1-D uint8 tensor of packed values, got {packed.dtype} {tuple(packed.shape)}")
+        raise InputError(f"expected a 1-D uint8 tensor of packed values, got {packed.dtype} {tuple(packed.shape)}")
     if packed.numel() < packed_nbytes(count, bits):
-        raise ValueError(f"{packed.numel()} bytes hold fewer than {count} values of {bits} bits")
+        raise InputError(f"{packed.numel()} bytes hold fewer than {count} values of {bits} bits")
     stream = packed.to(torch.int64)
     stream = torch.cat([stream, stream.new_zeros((-stream.numel()) % nbytes)]).reshape(-1, nbytes)
     words = (stream << (8 * torch.arange(nbytes, device=packed.device))).sum(dim=1)

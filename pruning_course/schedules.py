@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter, weight_matrix
 from .masks import resolve_target, validate_sparsity
 
@@ -53,18 +54,18 @@ def block_sparsities(
         target, nm = resolve_target(sparsity, pattern)
         return [target] * num_blocks, nm
     if pattern is not None and resolve_target(None, pattern)[1] is not None:
-        raise ValueError(
+        raise InputError(
             "an N:M pattern fixes the sparsity of every block to 1 - N/M; per-block sparsities are for "
             "unstructured pruning: drop the pattern or pass a single sparsity"
         )
     if callable(sparsity):
         values = [sparsity(index) for index in range(num_blocks)]
     elif isinstance(sparsity, (str, bytes)):
-        raise ValueError(f"sparsity must be a number in (0, 1) or one number per decoder block; got {sparsity!r}")
+        raise InputError(f"sparsity must be a number in (0, 1) or one number per decoder block; got {sparsity!r}")
     else:
         values = sparsity.tolist() if isinstance(sparsity, torch.Tensor) else list(sparsity)
         if len(values) != num_blocks:
-            raise ValueError(
+            raise InputError(
                 f"got {len(values)} per-block sparsities for a model with {num_blocks} decoder blocks; "
                 f"give exactly one value per block (or a single float)"
             )
@@ -87,10 +88,10 @@ def schedule_sparsity(schedule: Sequence[float], counts: Sequence[int]) -> float
     (:func:`pruning_course.evaluate.sparsity_report`) can be lower by a rounding step per row.
     """
     if len(schedule) != len(counts):
-        raise ValueError(f"schedule has {len(schedule)} entries but counts has {len(counts)}; give one per block")
+        raise InputError(f"schedule has {len(schedule)} entries but counts has {len(counts)}; give one per block")
     total = sum(counts)
     if total <= 0:
-        raise ValueError("counts must contain at least one positive parameter count")
+        raise InputError("counts must contain at least one positive parameter count")
     return float(sum(float(s) * n for s, n in zip(schedule, counts)) / total)
 
 
@@ -112,14 +113,14 @@ def linear_schedule(
     target = validate_sparsity(target)
     scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
     if scores.numel() == 0:
-        raise ValueError("need at least one score (one per decoder block)")
+        raise InputError("need at least one score (one per decoder block)")
     if not torch.isfinite(scores).all():
-        raise ValueError("scores must be finite numbers")
+        raise InputError("scores must be finite numbers")
     if not spread >= 0:
-        raise ValueError(f"spread must be >= 0, got {spread}")
+        raise InputError(f"spread must be >= 0, got {spread}")
     w = torch.ones_like(scores) if weights is None else torch.as_tensor(weights, dtype=torch.float64).flatten()
     if w.shape != scores.shape or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be {scores.numel()} non-negative numbers, one per score, not all zero")
+        raise InputError(f"weights must be {scores.numel()} non-negative numbers, one per score, not all zero")
     span = scores.max() - scores.min()
     if span <= 0:
         return torch.full_like(scores, target)
@@ -128,7 +129,7 @@ def linear_schedule(
     if bounds is not None:
         lo, hi = bounds
         if not 0.0 <= lo < target < hi <= 1.0:
-            raise ValueError(f"bounds must satisfy 0 <= min < target < max <= 1; got ({lo}, {hi}) for target {target}")
+            raise InputError(f"bounds must satisfy 0 <= min < target < max <= 1; got ({lo}, {hi}) for target {target}")
         limits = [spread]
         if offsets.max() > 0:
             limits.append((hi - target) / float(offsets.max()))
@@ -137,7 +138,7 @@ def linear_schedule(
         spread = min(limits)
     schedule = target + spread * offsets
     if schedule.min() <= 0 or schedule.max() >= 1:
-        raise ValueError(
+        raise InputError(
             f"the schedule spans [{float(schedule.min()):.3f}, {float(schedule.max()):.3f}], outside (0, 1): "
             f"reduce the spread (or lambda) for target {target}"
         )

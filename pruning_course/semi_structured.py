@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import InputError
 from .architectures import ArchitectureAdapter
 from .masks import nm_mask, parse_pattern
 from .packing import pack_int, unpack_int
@@ -82,17 +83,17 @@ class CompressedNM:
 
 def _check_nm(weight: torch.Tensor, n: int, m: int) -> None:
     if weight.dim() != 2:
-        raise ValueError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
+        raise InputError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
     rows, cols = weight.shape
     if cols % m:
-        raise ValueError(
+        raise InputError(
             f"an {n}:{m} pattern groups the {cols} columns in groups of {m}, but {cols} is not a multiple of {m}"
         )
     counts = (weight.reshape(rows, cols // m, m) != 0).sum(dim=2)
     bad = (counts > n).nonzero()
     if len(bad):
         row, group = (int(v) for v in bad[0])
-        raise ValueError(
+        raise InputError(
             f"the weight is not {n}:{m} sparse: row {row}, group {group} (columns {group * m}..{group * m + m - 1}) "
             f"has {int(counts[row, group])} non-zeros, more than {n} ({len(bad)} such group(s) in all); "
             f"prune it with an {n}:{m} mask first (pruning_course.masks.nm_mask)"
@@ -145,7 +146,7 @@ def _backend_class(backend: str = "auto"):
     from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
 
     if backend not in BACKENDS:
-        raise ValueError(f"unknown semi-structured backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        raise InputError(f"unknown semi-structured backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "cusparselt" if torch.backends.cusparselt.is_available() else "cutlass"
     return SparseSemiStructuredTensorCUSPARSELT if backend == "cusparselt" else SparseSemiStructuredTensorCUTLASS

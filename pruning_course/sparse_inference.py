@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .errors import InputError
 from .architectures import PRUNABLE_KINDS, ArchitectureAdapter, is_prunable_linear, replace_module, weight_matrix
 from .evaluate import interleaved_median_ms
 from .masks import num_to_prune, validate_sparsity
@@ -57,7 +58,7 @@ DEFAULT_SHAPES = ((1536, 576), (576, 576))
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` (2-D, strided) as a sparse CSR tensor, without PyTorch's "CSR is beta" warning."""
     if weight.dim() != 2 or weight.layout != torch.strided:
-        raise ValueError(f"expected a dense 2-D weight, got shape {tuple(weight.shape)} with layout {weight.layout}")
+        raise InputError(f"expected a dense 2-D weight, got shape {tuple(weight.shape)} with layout {weight.layout}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
         return weight.detach().contiguous().to_sparse_csr()
@@ -72,7 +73,7 @@ def random_sparse_weight(
     pruned weights of a model (``weight_matrix`` of each of ``adapter.named_linears``) to check.
     """
     if out_features < 1 or in_features < 1:
-        raise ValueError(f"a weight needs positive dimensions, got ({out_features}, {in_features})")
+        raise InputError(f"a weight needs positive dimensions, got ({out_features}, {in_features})")
     if sparsity != 0:
         sparsity = validate_sparsity(sparsity)
     generator = torch.Generator().manual_seed(seed)
@@ -90,17 +91,17 @@ def dense_nbytes(weight: torch.Tensor) -> int:
 def csr_nbytes(csr: torch.Tensor) -> int:
     """Exact bytes of a CSR tensor: ``values`` + ``col_indices`` + ``crow_indices``."""
     if csr.layout != torch.sparse_csr:
-        raise ValueError(f"expected a sparse CSR tensor (weight.to_sparse_csr()), got layout {csr.layout}")
+        raise InputError(f"expected a sparse CSR tensor (weight.to_sparse_csr()), got layout {csr.layout}")
     return sum(t.numel() * t.element_size() for t in (csr.values(), csr.col_indices(), csr.crow_indices()))
 
 
 def _itemsize(dtype: torch.dtype | int) -> int:
     if isinstance(dtype, int):
         if dtype < 1:
-            raise ValueError(f"a byte size must be positive, got {dtype}")
+            raise InputError(f"a byte size must be positive, got {dtype}")
         return dtype
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"expected a torch dtype (e.g. torch.float32, torch.int64) or a byte count, got {dtype!r}")
+        raise InputError(f"expected a torch dtype (e.g. torch.float32, torch.int64) or a byte count, got {dtype!r}")
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -109,7 +110,7 @@ def csr_nbytes_formula(
 ) -> int:
     """CSR bytes from the shape alone: ``nnz * (v + i) + (rows + 1) * i`` (``v``, ``i``: bytes per value / index)."""
     if not 0 <= nnz <= rows * cols:
-        raise ValueError(f"nnz must be between 0 and rows*cols={rows * cols}, got {nnz}")
+        raise InputError(f"nnz must be between 0 and rows*cols={rows * cols}, got {nnz}")
     v, i = _itemsize(value_dtype), _itemsize(index_dtype)
     return nnz * (v + i) + (rows + 1) * i
 
@@ -130,11 +131,11 @@ def csr_memory_break_even(
     """
     v, i = _itemsize(value_dtype), _itemsize(index_dtype)
     if (rows is None) != (cols is None):
-        raise ValueError("give both rows and cols, or neither (the shape-free limit)")
+        raise InputError("give both rows and cols, or neither (the shape-free limit)")
     if rows is None:
         return i / (v + i)
     if rows < 1 or cols < 1:
-        raise ValueError(f"rows and cols must be positive, got ({rows}, {cols})")
+        raise InputError(f"rows and cols must be positive, got ({rows}, {cols})")
     numel = rows * cols
     return 1.0 - (numel * v - (rows + 1) * i) / (numel * (v + i))
 
@@ -170,7 +171,7 @@ def time_dense_vs_csr(
     ``csr_bytes`` (exact, from the tensors), ``max_abs_diff`` between the two outputs and ``threads`` (``torch.get_num_threads()``).
     """
     if weight.dim() != 2:
-        raise ValueError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
+        raise InputError(f"expected an (out, in) weight matrix, got shape {tuple(weight.shape)}")
     weight = weight.detach().contiguous()
     csr = to_csr(weight)
     rows, cols = weight.shape
@@ -178,7 +179,7 @@ def time_dense_vs_csr(
     results = []
     for batch in batch_sizes:
         if int(batch) < 1:
-            raise ValueError(f"batch sizes must be positive, got {batch}")
+            raise InputError(f"batch sizes must be positive, got {batch}")
         x = torch.randn(int(batch), cols, generator=generator).to(weight.dtype)
         dense_ms, csr_ms = interleaved_median_ms([lambda: dense_linear(x, weight), lambda: csr_linear(x, csr)], warmup, repeats)
         results.append({
@@ -241,9 +242,9 @@ def break_even_sparsity(rows: Sequence[dict], batch_size: int, shape: tuple[int,
     if shape is not None:
         selected = [r for r in selected if (r["out_features"], r["in_features"]) == tuple(shape)]
     elif len(shapes) > 1:
-        raise ValueError(f"the rows hold several shapes {sorted(shapes)}: pass shape=(out, in) to choose one")
+        raise InputError(f"the rows hold several shapes {sorted(shapes)}: pass shape=(out, in) to choose one")
     if not selected:
-        raise ValueError(f"no measured rows for batch size {batch_size}" + (f" and shape {tuple(shape)}" if shape else ""))
+        raise InputError(f"no measured rows for batch size {batch_size}" + (f" and shape {tuple(shape)}" if shape else ""))
     return crossing_after_last_slower(sorted((r["sparsity"], r["time_ratio"]) for r in selected))
 
 
@@ -285,7 +286,7 @@ class CSRLinear(nn.Module):
     @classmethod
     def from_linear(cls, module: nn.Module) -> CSRLinear:
         if not is_prunable_linear(module):
-            raise ValueError(f"{type(module).__name__} is not a prunable linear layer ({PRUNABLE_KINDS})")
+            raise InputError(f"{type(module).__name__} is not a prunable linear layer ({PRUNABLE_KINDS})")
         return cls(weight_matrix(module), module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,7 +341,7 @@ def compare_model_dense_vs_csr(
     difference, the tokens per forward and ``threads``.
     """
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be a (batch, seqlen) tensor of token ids, got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be a (batch, seqlen) tensor of token ids, got shape {tuple(input_ids.shape)}")
     sparse_model = copy.deepcopy(model)
     replace_linears_with_csr(sparse_model, adapter)
     model.eval()

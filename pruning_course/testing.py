@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 
 TINY_TEXT = (
     "Pruning removes weights from a neural network. Magnitude pruning keeps the largest weights; "
@@ -59,7 +61,7 @@ def tiny_config(family: str, vocab_size: int = 384, **overrides):
             word_embed_proj_dim=64, max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=1,
         )
         return OPTConfig(**{**defaults, **overrides})
-    raise ValueError(f"unknown tiny family {family!r}; choose llama, gpt2 or opt")
+    raise InputError(f"unknown tiny family {family!r}; choose llama, gpt2 or opt")
 
 
 def tiny_random_model(family: str = "llama", *, seed: int = 0, num_blocks: int | None = None, vocab_size: int = 384,

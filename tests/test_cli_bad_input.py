@@ -277,3 +277,24 @@ def test_saving_never_replaces_a_folder_of_other_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     saved = save_pruned(model, tmp_path / "model", tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "notes.txt"] and (saved / "config.json").is_file()
+
+
+def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Only :class:`InputError` (and file/environment errors) become one line with status 2: a plain
+    ValueError from inside the package is a bug, and must reach the user with its traceback."""
+    import pruning_course.methods as methods
+    from pruning_course.errors import InputError
+
+    def bad_input(*args, **kwargs):
+        raise InputError("sparsity must be in (0, 1); got 1.5")
+
+    monkeypatch.setattr(methods, "prune_model", bad_input)
+    assert main([*PRUNE, *TINY]) == 2
+    assert one_line(capsys.readouterr().err) == "pruning-course prune: error: sparsity must be in (0, 1); got 1.5"
+
+    def bug(*args, **kwargs):
+        raise ValueError("too many values to unpack (expected 2)")
+
+    monkeypatch.setattr(methods, "prune_model", bug)
+    with pytest.raises(ValueError, match="too many values to unpack"):
+        main([*PRUNE, *TINY])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from ..unstructured.sparsegpt import ColumnRule, obs_column_sweep
 from .rtn import check_bits, check_group_size, minmax_grid, quantize_to_grid
 
@@ -47,16 +48,16 @@ def gptq_quantize(
     keep) makes the pruned weights exactly zero. Runs in float32 on ``weight``'s device.
     """
     if weight.dim() != 2:
-        raise ValueError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
+        raise InputError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
     check_bits(bits)
     rows, cols = weight.shape
     g = check_group_size(cols, group_size)
     if hessian.shape != (cols, cols):
-        raise ValueError(f"the Hessian of a layer with {cols} inputs must be ({cols}, {cols}), got {tuple(hessian.shape)}")
+        raise InputError(f"the Hessian of a layer with {cols} inputs must be ({cols}, {cols}), got {tuple(hessian.shape)}")
     if mask is not None and (mask.shape != weight.shape or mask.dtype != torch.bool):
-        raise ValueError(f"mask must be a bool keep-mask of shape {tuple(weight.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        raise InputError(f"mask must be a bool keep-mask of shape {tuple(weight.shape)}, got {mask.dtype} {tuple(mask.shape)}")
     if blocksize < 1:
-        raise ValueError(f"blocksize must be a positive integer, got {blocksize}")
+        raise InputError(f"blocksize must be a positive integer, got {blocksize}")
 
     keep_t = None if mask is None else mask.t().to(weight.device)
     rule = QuantizeColumns(rows, cols, g, bits, sym, keep_t, weight.device)

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..errors import InputError
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -42,7 +44,7 @@ def measure_inference_memory(
     ``model_resident_mb`` (= after load - baseline).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     command = [sys.executable, "-m", "pruning_course.quantize._memory_probe", str(path), "--seqlen", str(seqlen),
                "--batch-size", str(batch_size), "--dtype", dtype, "--seed", str(seed)]
     if packed:

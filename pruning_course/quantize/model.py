@@ -21,6 +21,7 @@ from functools import reduce
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
 from ..calibration import InputHessian
 from ..oneshot import for_each_linear
@@ -64,7 +65,7 @@ def check_group_fits(model: nn.Module, adapter: ArchitectureAdapter, group_size:
     if group_size == -1:
         return
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer or -1 (one group per row), got {group_size!r}")
+        raise InputError(f"group_size must be a positive integer or -1 (one group per row), got {group_size!r}")
     widths = {name: weight_matrix(m).shape[1] for name, m in adapter.named_linears(model).items()}
     misfits = {name: w for name, w in widths.items() if w % group_size}
     if misfits:
@@ -72,7 +73,7 @@ def check_group_fits(model: nn.Module, adapter: ArchitectureAdapter, group_size:
         common = reduce(math.gcd, widths.values())
         divisors = [d for d in (256, 128, 64, 32, 16, 8) if common % d == 0]
         hint = f"e.g. {divisors[0]}" if divisors else f"a divisor of {common}"
-        raise ValueError(
+        raise InputError(
             f"group_size {group_size} does not divide the input width of {len(misfits)} layer(s) (e.g. {name} has "
             f"{width} inputs); choose a group size dividing every width ({hint}) or -1 for one group per row"
         )
@@ -112,13 +113,13 @@ def quantize_model(
     layer, ``keep_zeros`` treats its exact zeros as pruned (so a pruned model stays pruned).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise InputError(f"unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}")
     check_bits(bits)
     check_group_fits(model, adapter, group_size)
     quantized: dict[str, QuantizedWeight] = {}
 
     if method == "gptq" and windows is None:
-        raise ValueError("GPTQ is calibrated: pass calibration windows (pruning_course.data.calibration_windows)")
+        raise InputError("GPTQ is calibrated: pass calibration windows (pruning_course.data.calibration_windows)")
 
     def quantize_layer(_index: int, name: str, linear: nn.Module, hessian: InputHessian | None) -> None:
         weight = weight_matrix(linear)

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+
 SUPPORTED_BITS = (2, 3, 4, 8)
 SCALE_DTYPE = torch.float16  # how scales are stored on disk; the in-memory float32 scales are exactly these
 
 
 def check_bits(bits: int) -> int:
     if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {bits!r}")
+        raise InputError(f"bits must be one of {', '.join(map(str, SUPPORTED_BITS))}, got {bits!r}")
     return bits
 
 
@@ -35,9 +37,9 @@ def check_group_size(columns: int, group_size: int) -> int:
     if group_size == -1:
         return columns
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer or -1 (one group per row), got {group_size!r}")
+        raise InputError(f"group_size must be a positive integer or -1 (one group per row), got {group_size!r}")
     if columns % group_size:
-        raise ValueError(
+        raise InputError(
             f"group_size {group_size} does not divide the input width {columns}: choose a divisor of {columns} "
             "(e.g. 32, 64) or -1 for one group per row"
         )
@@ -48,7 +50,7 @@ def round_up_to_fp16(scale: torch.Tensor) -> torch.Tensor:
     """The smallest float16-representable values ``>= scale`` (returned as float32)."""
     half = scale.to(SCALE_DTYPE)
     if torch.isinf(half).any():
-        raise ValueError("a quantization scale exceeds the float16 range (weights larger than ~1e6)")
+        raise InputError("a quantization scale exceeds the float16 range (weights larger than ~1e6)")
     low = half.float() < scale
     half[low] = torch.nextafter(half[low], torch.full_like(half[low], float("inf")))
     return half.float()
@@ -92,7 +94,7 @@ def quantize_rtn(
     ``zeros`` uint8, both ``(out, in // group_size)``. :func:`dequantize` turns them back into weights.
     """
     if weight.dim() != 2:
-        raise ValueError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
+        raise InputError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
     check_bits(bits)
     rows, cols = weight.shape
     g = check_group_size(cols, group_size)
@@ -109,7 +111,7 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -
     """
     rows, cols = codes.shape
     if scales.shape != zeros.shape or scales.shape[0] != rows or cols % scales.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"scales {tuple(scales.shape)} and zeros {tuple(zeros.shape)} do not fit codes {tuple(codes.shape)}: "
             "expected (out, in // group_size) each"
         )

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, adapter_for, replace_module, stores_transposed, weight_matrix
 from ..masks import parse_pattern
 from ..model_files import check_safetensors, writing
@@ -102,7 +103,7 @@ def _candidates(nonzero: torch.Tensor, nm: tuple[int, int] | None, storage: str)
             indices, positions = _nm_positions(nonzero, n, m)
             usable.append((f"{n}:{m}", {"indices": indices}, positions))
         elif storage == "nm":
-            raise ValueError(f"storage='nm' needs every group of {m} inputs to hold at most {n} non-zeros; prune to {n}:{m} first")
+            raise InputError(f"storage='nm' needs every group of {m} inputs to hold at most {n} non-zeros; prune to {n}:{m} first")
     if storage in ("auto", "bitmask"):
         usable.append(("bitmask", {"mask": pack_mask(nonzero)}, nonzero))
     return usable
@@ -123,16 +124,16 @@ def encode_weight(
     after quantization), and the codes are stored instead of the values.
     """
     if storage not in STORAGES:
-        raise ValueError(f"unknown storage {storage!r}; choose one of: {', '.join(STORAGES)}")
+        raise InputError(f"unknown storage {storage!r}; choose one of: {', '.join(STORAGES)}")
     nm = parse_pattern(nm) if nm is not None else None
     weight = weight.detach().cpu()
     rows, cols = weight.shape
     meta = {"shape": [rows, cols], "bits": None}
     if quantized is not None:
         if quantized.shape != (rows, cols):
-            raise ValueError(f"quantized codes of shape {quantized.shape} do not fit a weight of shape {(rows, cols)}")
+            raise InputError(f"quantized codes of shape {quantized.shape} do not fit a weight of shape {(rows, cols)}")
         if not torch.equal(quantized.dequantize().to(weight.dtype), weight):
-            raise ValueError("the weight differs from its dequantized codes: was the model changed after quantize_model?")
+            raise InputError("the weight differs from its dequantized codes: was the model changed after quantize_model?")
         zero_codes = quantized.zeros.repeat_interleave(quantized.group_size, dim=1)
         nonzero = quantized.codes != zero_codes  # code == zero point <=> weight exactly 0
         meta.update(bits=quantized.bits, group_size=quantized.group_size, sym=quantized.sym)
@@ -223,7 +224,7 @@ def save_compressed(
     linears = adapter.named_linears(model)
     unknown = sorted(set(quantized) - set(linears))
     if unknown:
-        raise ValueError(f"quantized weights for layers the model does not have: {', '.join(unknown[:3])}")
+        raise InputError(f"quantized weights for layers the model does not have: {', '.join(unknown[:3])}")
 
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict] = {}
@@ -313,7 +314,7 @@ def read_metadata(path: str | Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get(METADATA_KEY)
     if raw is None:
-        raise ValueError(f"{path} was not written by save_compressed (no '{METADATA_KEY}' metadata)")
+        raise InputError(f"{path} was not written by save_compressed (no '{METADATA_KEY}' metadata)")
     return json.loads(raw)
 
 
@@ -343,7 +344,7 @@ def load_compressed(
 
     meta = read_metadata(path)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+        raise InputError(f"{path} has format version {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
     tokenizer, empty = None, False
     if base is None:
         config = AutoConfig.for_model(**meta["config"])
@@ -358,7 +359,7 @@ def load_compressed(
     linears = adapter.named_linears(model)
     if set(linears) != set(meta["layers"]):
         missing = sorted(set(meta["layers"]) ^ set(linears))
-        raise ValueError(f"{path} does not fit this model: layers differ (e.g. {missing[0]}); pass the base model it was saved from")
+        raise InputError(f"{path} does not fit this model: layers differ (e.g. {missing[0]}); pass the base model it was saved from")
 
     current = model.state_dict()
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, grad_matrix, layout_for, weight_matrix
 from .resize import AttentionShape, attention_shapes, shrink_attention
 
@@ -86,7 +87,7 @@ def head_masks(
     if mask is None:
         mask = torch.ones(num_layers, max_heads, device=device, requires_grad=requires_grad)
     if mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (num_layers, max_heads):
-        raise ValueError(
+        raise InputError(
             f"head mask must have shape ({num_layers}, {max_heads}) or (batch, {num_layers}, {max_heads}) "
             f"for this model (layers, heads), got {tuple(mask.shape)}"
         )
@@ -171,7 +172,7 @@ def _window_losses(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def _check_windows(windows: torch.Tensor) -> None:
     if windows.dim() != 2 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be an (n, seqlen) tensor of token ids with seqlen >= 2, got shape {tuple(windows.shape)}")
+        raise InputError(f"windows must be an (n, seqlen) tensor of token ids with seqlen >= 2, got shape {tuple(windows.shape)}")
 
 
 def head_importance(
@@ -269,7 +270,7 @@ def _per_layer(value, num_layers: int, name: str) -> list[int]:
         return [value] * num_layers
     values = [int(v) for v in value]
     if len(values) != num_layers:
-        raise ValueError(f"{name} must have one entry per layer ({num_layers}), got {len(values)}")
+        raise InputError(f"{name} must have one entry per layer ({num_layers}), got {len(values)}")
     return values
 
 
@@ -302,39 +303,39 @@ def choose_heads_to_remove(
     """
     importance = torch.as_tensor(importance, dtype=torch.float64)
     if importance.dim() != 2:
-        raise ValueError(f"importance must be a (num_layers, max_heads) tensor, got shape {tuple(importance.shape)}")
+        raise InputError(f"importance must be a (num_layers, max_heads) tensor, got shape {tuple(importance.shape)}")
     num_layers = importance.shape[0]
     present = ~importance.isnan()
     num_heads = present.sum(dim=1).tolist()
     for layer, h in enumerate(num_heads):
         if h == 0 or not present[layer, :h].all():
-            raise ValueError(f"layer {layer}: importance must list its heads first and NaN only after them")
+            raise InputError(f"layer {layer}: importance must list its heads first and NaN only after them")
     kv = num_heads if num_kv_heads is None else _per_layer(num_kv_heads, num_layers, "num_kv_heads")
     for layer, (h, k) in enumerate(zip(num_heads, kv)):
         if k < 1 or h % k:
-            raise ValueError(f"layer {layer}: {h} heads cannot be split over {k} kv heads")
+            raise InputError(f"layer {layer}: {h} heads cannot be split over {k} kv heads")
     grouped = any(h // k > 1 for h, k in zip(num_heads, kv))
     if mode == "auto":
         mode = "groups" if grouped else "heads"
     if mode not in ("heads", "groups", "within_groups"):
-        raise ValueError(f"unknown mode {mode!r}; choose 'auto', 'heads', 'groups' or 'within_groups'")
+        raise InputError(f"unknown mode {mode!r}; choose 'auto', 'heads', 'groups' or 'within_groups'")
     if mode == "heads" and grouped:
-        raise ValueError(
+        raise InputError(
             "this model uses grouped-query attention, where single heads cannot be removed freely: "
             "choose mode='groups' (whole kv groups) or mode='within_groups' (the same number of heads from every group)"
         )
     if mode == "within_groups" and not grouped:
-        raise ValueError("mode='within_groups' needs grouped-query attention (several query heads per kv head); use mode='heads'")
+        raise InputError("mode='within_groups' needs grouped-query attention (several query heads per kv head); use mode='heads'")
 
     total = sum(num_heads)
     if (fraction is None) == (count is None):
-        raise ValueError("give exactly one of fraction and count")
+        raise InputError("give exactly one of fraction and count")
     if fraction is not None:
         if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"fraction must be in [0, 1) (at least one head per layer stays), got {fraction}")
+            raise InputError(f"fraction must be in [0, 1) (at least one head per layer stays), got {fraction}")
         count = math.floor(fraction * total)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= total:
-        raise ValueError(f"count must be an integer between 0 and the number of heads ({total}), got {count!r}")
+        raise InputError(f"count must be an integer between 0 and the number of heads ({total}), got {count!r}")
 
     # Candidate steps: (score, layer, order within layer, heads it removes).
     steps: list[tuple[float, int, int, list[int]]] = []
@@ -378,14 +379,14 @@ def _plan_layer(layer: int, shape: AttentionShape, heads: Sequence[int]) -> tupl
     """The query and kv heads a layer keeps after removing ``heads``; ValueError for an illegal request."""
     for h in heads:
         if isinstance(h, bool) or not isinstance(h, int):
-            raise ValueError(f"layer {layer}: head indices must be integers, got {h!r}")
+            raise InputError(f"layer {layer}: head indices must be integers, got {h!r}")
     bad = sorted(h for h in heads if not 0 <= h < shape.num_heads)
     if bad:
-        raise ValueError(f"layer {layer} has {shape.num_heads} heads (0..{shape.num_heads - 1}); cannot remove heads {bad}")
+        raise InputError(f"layer {layer} has {shape.num_heads} heads (0..{shape.num_heads - 1}); cannot remove heads {bad}")
     if len(set(heads)) != len(heads):
-        raise ValueError(f"layer {layer}: heads {sorted({h for h in heads if list(heads).count(h) > 1})} are given more than once")
+        raise InputError(f"layer {layer}: heads {sorted({h for h in heads if list(heads).count(h) > 1})} are given more than once")
     if len(heads) == shape.num_heads:
-        raise ValueError(f"cannot remove all {shape.num_heads} heads of layer {layer}: at least one must remain (remove the block with remove_blocks instead)")
+        raise InputError(f"cannot remove all {shape.num_heads} heads of layer {layer}: at least one must remain (remove the block with remove_blocks instead)")
     removed = set(heads)
     keep = [h for h in range(shape.num_heads) if h not in removed]
     if shape.group_size == 1:
@@ -396,7 +397,7 @@ def _plan_layer(layer: int, shape: AttentionShape, heads: Sequence[int]) -> tupl
     surviving = [n for n in kept_per_group if n > 0]
     if len(set(surviving)) != 1:
         groups = ", ".join(f"group {j} (heads {j * g}-{j * g + g - 1}) keeps {n}" for j, n in enumerate(kept_per_group))
-        raise ValueError(
+        raise InputError(
             f"layer {layer}: grouped-query attention ({shape.num_heads} query heads over {shape.num_kv_heads} kv heads, "
             f"{g} per group) needs every remaining kv group to keep the same number of query heads, but {groups}. "
             f"Legal: remove whole groups and/or the same number of heads from every remaining group, so that each "
@@ -425,7 +426,7 @@ def remove_heads(
     plans = {}
     for layer, heads in heads_to_remove.items():
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
-            raise ValueError(f"layer {layer!r} is out of range for a model with {len(blocks)} blocks (0..{len(blocks) - 1})")
+            raise InputError(f"layer {layer!r} is out of range for a model with {len(blocks)} blocks (0..{len(blocks) - 1})")
         heads = list(heads)
         if heads:
             plans[layer] = _plan_layer(layer, shapes[layer], heads)
@@ -461,9 +462,9 @@ def prune_heads_iteratively(
     Returns ``{layer: [head, ...]}`` of the removed heads in the layer's *original* numbering.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        raise InputError(f"fraction must be in [0, 1), got {fraction}")
     shapes = attention_shapes(model, adapter)
     original = [list(range(s.num_heads)) for s in shapes]  # original index of each current head
     total = sum(s.num_heads for s in shapes)

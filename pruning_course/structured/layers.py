@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter
 from ..calibration import run_blockwise
 
@@ -101,7 +102,7 @@ def _boundary_scores(
     """
     num_blocks = len(adapter.blocks(model))
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= num_blocks:
-        raise ValueError(f"n must be an integer between 1 and the number of blocks ({num_blocks}), got {n!r}")
+        raise InputError(f"n must be an integer between 1 and the number of blocks ({num_blocks}), got {n!r}")
 
     # boundaries[k][b]: batch b's hidden state at one block boundary; the deque keeps the last n + 1.
     boundaries: deque[list[torch.Tensor]] = deque(maxlen=n + 1)
@@ -223,7 +224,7 @@ def removal_perplexities(
 
 def _check_count(n: int, num_blocks: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= num_blocks:
-        raise ValueError(f"n must be an integer between 0 and the number of blocks ({num_blocks}), got {n!r}")
+        raise InputError(f"n must be an integer between 0 and the number of blocks ({num_blocks}), got {n!r}")
 
 
 def choose_consecutive_blocks(distances: Sequence[float] | torch.Tensor, n: int) -> list[int]:
@@ -234,7 +235,7 @@ def choose_consecutive_blocks(distances: Sequence[float] | torch.Tensor, n: int)
     """
     distances = torch.as_tensor(distances, dtype=torch.float64).reshape(-1)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or distances.numel() == 0:
-        raise ValueError(f"need n >= 1 and at least one distance, got n={n!r} and {distances.numel()} distances")
+        raise InputError(f"need n >= 1 and at least one distance, got n={n!r} and {distances.numel()} distances")
     start = int(torch.argmin(distances))
     return list(range(start, start + n))
 
@@ -258,7 +259,7 @@ def choose_blocks_to_remove(scores: Sequence[float] | torch.Tensor, n: int, meth
         return choose_consecutive_blocks(scores, n)
     if method == "block_influence":
         return choose_lowest_blocks(scores, n)
-    raise ValueError(f"unknown method {method!r}; choose 'angular' or 'block_influence'")
+    raise InputError(f"unknown method {method!r}; choose 'angular' or 'block_influence'")
 
 
 def first_blocks(num_blocks: int, n: int) -> list[int]:
@@ -331,17 +332,17 @@ def remove_blocks(model: nn.Module, adapter: ArchitectureAdapter, indices: Seque
     indices = list(indices)
     for index in indices:
         if isinstance(index, bool) or not isinstance(index, int):
-            raise ValueError(f"block indices must be integers, got {index!r}")
+            raise InputError(f"block indices must be integers, got {index!r}")
     out_of_range = [i for i in indices if not 0 <= i < num_blocks]
     if out_of_range:
-        raise ValueError(f"block indices {out_of_range} are out of range for a model with {num_blocks} blocks (0..{num_blocks - 1})")
+        raise InputError(f"block indices {out_of_range} are out of range for a model with {num_blocks} blocks (0..{num_blocks - 1})")
     if len(set(indices)) != len(indices):
         duplicated = sorted({i for i in indices if indices.count(i) > 1})
-        raise ValueError(f"block indices {duplicated} are given more than once")
+        raise InputError(f"block indices {duplicated} are given more than once")
     if len(indices) == num_blocks:
-        raise ValueError(f"cannot remove all {num_blocks} blocks: at least one must remain")
+        raise InputError(f"cannot remove all {num_blocks} blocks: at least one must remain")
     if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
-        raise ValueError("cannot remove blocks from a model with scale_attn_by_inverse_layer_idx: its attention scale depends on the block index")
+        raise InputError("cannot remove blocks from a model with scale_attn_by_inverse_layer_idx: its attention scale depends on the block index")
     if not indices:
         return model
 

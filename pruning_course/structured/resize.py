@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, features, layout_for, slice_linear
 
 __all__ = [
@@ -111,15 +112,15 @@ def shrink_attention(
     keep_heads = torch.as_tensor(keep_heads, dtype=torch.long).reshape(-1)
     if keep_kv_heads is None:
         if shape.group_size != 1:
-            raise ValueError("this block uses grouped-query attention: pass keep_kv_heads as well")
+            raise InputError("this block uses grouped-query attention: pass keep_kv_heads as well")
         keep_kv_heads = keep_heads
     keep_kv_heads = torch.as_tensor(keep_kv_heads, dtype=torch.long).reshape(-1)
     if keep_heads.numel() == 0 or keep_kv_heads.numel() == 0 or keep_heads.numel() % keep_kv_heads.numel():
-        raise ValueError(f"cannot keep {keep_heads.numel()} query heads over {keep_kv_heads.numel()} kv heads")
+        raise InputError(f"cannot keep {keep_heads.numel()} query heads over {keep_kv_heads.numel()} kv heads")
     new_group = keep_heads.numel() // keep_kv_heads.numel()
     expected_groups = keep_kv_heads.repeat_interleave(new_group)
     if not torch.equal(keep_heads // shape.group_size, expected_groups):
-        raise ValueError("kept query heads do not line up with the kept kv heads (same count per group, in order)")
+        raise InputError("kept query heads do not line up with the kept kv heads (same count per group, in order)")
 
     q_rows, kv_rows = head_rows(keep_heads, shape.head_dim), head_rows(keep_kv_heads, shape.head_dim)
     if layout.qkv is not None:  # GPT-2: [q | k | v], each num_heads * head_dim wide

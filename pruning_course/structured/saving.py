@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, adapter_for, layout_for
 from ..model_files import save_model_dir
 from .resize import attention_shape, mlp_width, shrink_attention, shrink_mlp
@@ -77,7 +78,7 @@ def _saved_state_dict(path: Path) -> dict[str, torch.Tensor]:
     elif (path / "model.safetensors").exists():
         shards = ["model.safetensors"]
     else:
-        raise ValueError(f"{path} holds no model.safetensors (or sharded index); save it with save_pruned")
+        raise InputError(f"{path} holds no model.safetensors (or sharded index); save it with save_pruned")
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
         state.update(load_file(str(path / shard)))
@@ -103,7 +104,7 @@ def load_pruned(path: str | Path, *, dtype: torch.dtype = torch.float32, device:
     recorded = structure.get("layers", {})
     unknown = sorted(set(recorded) - {str(i) for i in range(len(blocks))})
     if unknown:
-        raise ValueError(f"{path}: config.{CONFIG_FIELD} describes blocks {unknown} the model does not have ({len(blocks)} blocks)")
+        raise InputError(f"{path}: config.{CONFIG_FIELD} describes blocks {unknown} the model does not have ({len(blocks)} blocks)")
     for key, entry in recorded.items():
         block = blocks[int(key)]
         shape = attention_shape(block, adapter)
@@ -111,7 +112,7 @@ def load_pruned(path: str | Path, *, dtype: torch.dtype = torch.float32, device:
         kv_heads = int(entry.get("num_kv_heads", heads if shape.group_size == 1 else shape.num_kv_heads))
         width = int(entry.get("intermediate_size", mlp_width(block, adapter)))
         if heads > shape.num_heads or kv_heads > shape.num_kv_heads or width > mlp_width(block, adapter) or heads % kv_heads:
-            raise ValueError(f"{path}: block {key} is recorded as {entry}, which the config's full-size block cannot be shrunk to")
+            raise InputError(f"{path}: block {key} is recorded as {entry}, which the config's full-size block cannot be shrunk to")
         if (heads, kv_heads) != (shape.num_heads, shape.num_kv_heads):
             group = heads // kv_heads  # any heads of the right count: the saved weights overwrite them
             keep = (torch.arange(kv_heads)[:, None] * shape.group_size + torch.arange(group)).reshape(-1)
@@ -124,12 +125,12 @@ def load_pruned(path: str | Path, *, dtype: torch.dtype = torch.float32, device:
     unexpected = sorted(set(state) - set(own))
     wrong_shape = [k for k in state if k in own and own[k].shape != state[k].shape]
     if unexpected or wrong_shape:
-        raise ValueError(f"{path}: saved tensors do not fit the rebuilt model (unexpected: {unexpected[:5]}, wrong shape: {wrong_shape[:5]})")
+        raise InputError(f"{path}: saved tensors do not fit the rebuilt model (unexpected: {unexpected[:5]}, wrong shape: {wrong_shape[:5]})")
     missing = model.load_state_dict(state, strict=False).missing_keys
     loaded_storage = {own[k].data_ptr() for k in state}
     untied = [k for k in missing if own[k].data_ptr() not in loaded_storage]
     if untied:
-        raise ValueError(f"{path}: the checkpoint lacks {untied[:5]}")
+        raise InputError(f"{path}: the checkpoint lacks {untied[:5]}")
     if (path / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model.to(device).eval()

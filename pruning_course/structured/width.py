@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, layout_for, weight_matrix
 from ..calibration import InputStatistic, run_blockwise
 from ..masks import num_to_prune
@@ -84,7 +85,7 @@ def neuron_scores(
     (needed by ``"fluctuation"`` only). See the module docstring for the three metrics.
     """
     if down_weight.dim() != 2 or mean_sq.shape != (down_weight.shape[1],):
-        raise ValueError(
+        raise InputError(
             f"need an (out, in) down-projection weight and one mean square per input feature; got "
             f"{tuple(down_weight.shape)} and {tuple(mean_sq.shape)}"
         )
@@ -95,9 +96,9 @@ def neuron_scores(
         return mean_sq.float().sqrt()
     if metric == "fluctuation":
         if variance is None or variance.shape != mean_sq.shape:
-            raise ValueError("the fluctuation metric needs the variance of every input feature")
+            raise InputError("the fluctuation metric needs the variance of every input feature")
         return variance.float() * weight.pow(2).sum(dim=0)
-    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
 def mlp_neuron_importance(
@@ -115,7 +116,7 @@ def mlp_neuron_importance(
     Returns one float32 CPU tensor per block (blocks may differ in width). The model is unchanged.
     """
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     down_name = layout_for(adapter).mlp_out
     scores: list[torch.Tensor] = []
 
@@ -139,13 +140,13 @@ def choose_neurons_to_keep(scores: Sequence[torch.Tensor], keep_ratio: float) ->
     neuron per layer.
     """
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep ratio must be in (0, 1] (the fraction of MLP neurons kept), got {keep_ratio!r}")
+        raise InputError(f"keep ratio must be in (0, 1] (the fraction of MLP neurons kept), got {keep_ratio!r}")
     keep = {}
     for layer, layer_scores in enumerate(scores):
         n = layer_scores.numel()
         n_keep = n - num_to_prune(n, 1.0 - keep_ratio)
         if n_keep < 1:
-            raise ValueError(f"keep ratio {keep_ratio} keeps no neuron of layer {layer} ({n} neurons); keep at least one")
+            raise InputError(f"keep ratio {keep_ratio} keeps no neuron of layer {layer} ({n} neurons); keep at least one")
         top = torch.topk(layer_scores.float(), n_keep, sorted=False).indices
         keep[layer] = top.sort().values
     return keep
@@ -154,14 +155,14 @@ def choose_neurons_to_keep(scores: Sequence[torch.Tensor], keep_ratio: float) ->
 def _check_keep(layer: int, indices, width: int) -> torch.Tensor:
     indices = torch.as_tensor(indices)
     if indices.dim() != 1 or (indices.numel() and (indices.is_floating_point() or indices.dtype == torch.bool)):
-        raise ValueError(f"layer {layer}: kept neurons must be a 1-D tensor or list of integer indices")
+        raise InputError(f"layer {layer}: kept neurons must be a 1-D tensor or list of integer indices")
     indices = indices.long()
     if indices.numel() == 0:
-        raise ValueError(f"layer {layer}: cannot remove all {width} MLP neurons; keep at least one")
+        raise InputError(f"layer {layer}: cannot remove all {width} MLP neurons; keep at least one")
     if indices.min() < 0 or indices.max() >= width:
-        raise ValueError(f"layer {layer} has {width} MLP neurons (0..{width - 1}); got indices outside that range")
+        raise InputError(f"layer {layer} has {width} MLP neurons (0..{width - 1}); got indices outside that range")
     if indices.unique().numel() != indices.numel():
-        raise ValueError(f"layer {layer}: kept neuron indices contain duplicates")
+        raise InputError(f"layer {layer}: kept neuron indices contain duplicates")
     return indices.sort().values
 
 
@@ -184,14 +185,14 @@ def prune_mlp_width(
     blocks = adapter.blocks(model)
     if not isinstance(keep, Mapping):
         if scores is None:
-            raise ValueError("a keep ratio needs scores to choose the neurons: pass scores=mlp_neuron_importance(...)")
+            raise InputError("a keep ratio needs scores to choose the neurons: pass scores=mlp_neuron_importance(...)")
         if len(scores) != len(blocks):
-            raise ValueError(f"scores has {len(scores)} layers, the model {len(blocks)} blocks")
+            raise InputError(f"scores has {len(scores)} layers, the model {len(blocks)} blocks")
         keep = choose_neurons_to_keep(scores, keep)
     plans = {}
     for layer, indices in keep.items():
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
-            raise ValueError(f"layer {layer!r} is out of range for a model with {len(blocks)} blocks (0..{len(blocks) - 1})")
+            raise InputError(f"layer {layer!r} is out of range for a model with {len(blocks)} blocks (0..{len(blocks) - 1})")
         plans[layer] = _check_keep(layer, indices, mlp_width(blocks[layer], adapter))
     for layer, indices in plans.items():
         if indices.numel() != mlp_width(blocks[layer], adapter):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, apply_mask, attach_torch_prune_mask, weight_matrix
 from ..masks import global_masks, keep_mask, resolve_target
 from ..oneshot import OneShotMethod
@@ -38,16 +39,16 @@ def magnitude_masks(
     ``sparsity`` is one float, or one per decoder block (see :mod:`pruning_course.schedules`).
     """
     if scope not in SCOPES:
-        raise ValueError(f"unknown magnitude scope {scope!r}; choose one of {', '.join(SCOPES)}")
+        raise InputError(f"unknown magnitude scope {scope!r}; choose one of {', '.join(SCOPES)}")
     if scope == "global" and not is_uniform(sparsity):
-        raise ValueError("a global threshold has one sparsity for the whole model: use scope 'matrix' or 'row' with per-block sparsities")
+        raise InputError("a global threshold has one sparsity for the whole model: use scope 'matrix' or 'row' with per-block sparsities")
     blocks = adapter.blocks(model)
     targets, nm = block_sparsities(sparsity, len(blocks), pattern)
     if scope == "global" and nm is None:
         linears = adapter.named_linears(model)
         return global_masks({name: weight_matrix(m).abs() for name, m in linears.items()}, targets[0])
     if scope == "global":
-        raise ValueError("an N:M pattern is local to each group of M weights: use scope 'matrix' or 'row' with it")
+        raise InputError("an N:M pattern is local to each group of M weights: use scope 'matrix' or 'row' with it")
     return {
         f"{adapter.blocks_path}.{index}.{name}": magnitude_mask(weight_matrix(m), targets[index], nm, scope)
         for index, block in enumerate(blocks)

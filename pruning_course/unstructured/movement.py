@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import (
     PRUNABLE_KINDS, ArchitectureAdapter, apply_mask, is_prunable_linear, layout_for, replace_module, weight_matrix,
     weight_with_grad,
@@ -62,16 +63,16 @@ MLP = "mlp"
 
 def _check_schedule(step: int, total_steps: int, warmup_steps: int, cooldown_steps: int) -> None:
     if int(total_steps) != total_steps or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        raise InputError(f"total_steps must be a positive integer, got {total_steps!r}")
     if warmup_steps < 0 or cooldown_steps < 0:
-        raise ValueError(f"warmup_steps and cooldown_steps must be >= 0, got {warmup_steps} and {cooldown_steps}")
+        raise InputError(f"warmup_steps and cooldown_steps must be >= 0, got {warmup_steps} and {cooldown_steps}")
     if warmup_steps + cooldown_steps > total_steps:
-        raise ValueError(
+        raise InputError(
             f"warmup_steps + cooldown_steps ({warmup_steps} + {cooldown_steps}) exceed total_steps ({total_steps}): "
             "the schedule needs steps left to prune in; shorten the warm-up/cool-down or train longer"
         )
     if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+        raise InputError(f"step must be >= 0, got {step}")
 
 
 def cubic_schedule(step: int, total_steps: int, initial: float, final: float, warmup_steps: int = 0, cooldown_steps: int = 0) -> float:
@@ -114,7 +115,7 @@ def cubic_sparsity(
     """
     final_sparsity = validate_sparsity(final_sparsity)
     if not 0.0 <= initial_sparsity <= final_sparsity:
-        raise ValueError(
+        raise InputError(
             f"initial_sparsity must be in [0, final_sparsity={final_sparsity}], got {initial_sparsity}: "
             "the schedule only ever removes weights"
         )
@@ -137,11 +138,11 @@ def soft_threshold_schedule(
     ``lambda_t = final_lambda * tau_t / final_threshold``.
     """
     if not 0.0 < final_threshold < 1.0:
-        raise ValueError(f"final_threshold is a threshold on sigmoid(scores) and must be in (0, 1), got {final_threshold}")
+        raise InputError(f"final_threshold is a threshold on sigmoid(scores) and must be in (0, 1), got {final_threshold}")
     if not 0.0 <= initial_threshold <= final_threshold:
-        raise ValueError(f"initial_threshold must be in [0, final_threshold={final_threshold}], got {initial_threshold}")
+        raise InputError(f"initial_threshold must be in [0, final_threshold={final_threshold}], got {initial_threshold}")
     if final_lambda < 0:
-        raise ValueError(f"final_lambda must be >= 0, got {final_lambda}")
+        raise InputError(f"final_lambda must be >= 0, got {final_lambda}")
     tau = cubic_schedule(step, total_steps, initial_threshold, final_threshold, warmup_steps, cooldown_steps)
     return tau, final_lambda * tau / final_threshold
 
@@ -275,7 +276,7 @@ class MaskedLinear(nn.Module):
         if not is_prunable_linear(linear):
             raise TypeError(f"MaskedLinear wraps a prunable linear ({PRUNABLE_KINDS}), got {type(linear).__name__}")
         if method not in METHODS:
-            raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+            raise InputError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
         self.linear = linear
         self.method = method
         self.sparsity: float | None = 0.0
@@ -293,13 +294,13 @@ class MaskedLinear(nn.Module):
             return magnitude_binarize(weight_with_grad(self.linear), self._sparsity())
         if self.method == "soft" and self.sparsity is None:
             if self.threshold is None:
-                raise ValueError("soft movement needs a threshold: call set_pruning_state(model, threshold=...)")
+                raise InputError("soft movement needs a threshold: call set_pruning_state(model, threshold=...)")
             return ThresholdBinarizer.apply(self.scores, self.threshold, True)
         return TopKBinarizer.apply(self.scores, self._sparsity(), weight_matrix(self.linear).abs())
 
     def _sparsity(self) -> float:
         if self.sparsity is None:
-            raise ValueError(f"{self.method} pruning needs a sparsity: call set_pruning_state(model, sparsity=...)")
+            raise InputError(f"{self.method} pruning needs a sparsity: call set_pruning_state(model, sparsity=...)")
         return self.sparsity
 
     @torch.no_grad()
@@ -354,7 +355,7 @@ def soft_threshold_for_sparsity(model: nn.Module, sparsity: float) -> float:
     """
     layers = [m for m in masked_linears(model).values() if m.method == "soft"]
     if not layers:
-        raise ValueError("the model has no soft movement layers: call mask_model(..., method='soft') first")
+        raise InputError("the model has no soft movement layers: call mask_model(..., method='soft') first")
     if sparsity == 0:
         return 0.0
     flat = torch.cat([m.scores.detach().flatten() for m in layers])
@@ -372,7 +373,7 @@ def soft_movement_penalty(model: nn.Module) -> torch.Tensor:
     """
     terms = [torch.sigmoid(m.scores).mean() for m in masked_linears(model).values() if m.scores is not None]
     if not terms:
-        raise ValueError("the model has no masked layers with scores: call mask_model(..., method='soft') first")
+        raise InputError("the model has no masked layers with scores: call mask_model(..., method='soft') first")
     return torch.stack(terms).mean()
 
 
@@ -406,12 +407,12 @@ def select_linears(
     names = []
     for index in indices:
         if not 0 <= index < n:
-            raise ValueError(f"block index {index} is out of range: the model has {n} decoder blocks")
+            raise InputError(f"block index {index} is out of range: the model has {n} decoder blocks")
         for name in adapter.linears(all_blocks[index]):
             if (name in mlp) if mlp is not None else (parts is None or any(p in name for p in parts)):
                 names.append(f"{adapter.blocks_path}.{index}.{name}")
     if not names:
-        raise ValueError(f"no prunable linear matches {parts} in blocks {list(indices)}")
+        raise InputError(f"no prunable linear matches {parts} in blocks {list(indices)}")
     return names
 
 
@@ -429,9 +430,9 @@ def mask_model(
     The masks start dense (sparsity 0). Returns ``{name: MaskedLinear}``.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
     if masked_linears(model):
-        raise ValueError("the model already has masked layers: fold_masks(model) first, or mask a fresh copy")
+        raise InputError("the model already has masked layers: fold_masks(model) first, or mask a fresh copy")
     available = adapter.named_linears(model)
     if which_linears is None:
         names = list(available)
@@ -442,12 +443,12 @@ def mask_model(
         unknown = [n for n in names if n not in available]
         if unknown:
             example = next(iter(available), "")
-            raise ValueError(
+            raise InputError(
                 f"{unknown[:3]} are not prunable linears of the decoder blocks (names look like {example!r}; "
                 "embeddings and the LM head are never masked)"
             )
     if not names:
-        raise ValueError("no linear selected for masking")
+        raise InputError("no linear selected for masking")
     wrapped = {}
     for name in names:
         wrapped[name] = MaskedLinear(available[name], method=method, score_init=score_init)
@@ -467,7 +468,7 @@ def fold_masks(model: nn.Module, sparsity: float | None = None, scope: str = "ma
     equal the masked model's. Returns the boolean keep-masks by layer name.
     """
     if scope not in ("matrix", "global"):
-        raise ValueError(f"unknown scope {scope!r}; choose 'matrix' or 'global'")
+        raise InputError(f"unknown scope {scope!r}; choose 'matrix' or 'global'")
     layers = masked_linears(model)
     if scope == "global" and sparsity is not None:
         ranking = {n: weight_matrix(m.linear).abs() if m.scores is None else m.scores for n, m in layers.items()}

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, weight_matrix
 from ..calibration import SquaredInputNorm, run_blockwise
 from ..masks import validate_sparsity
@@ -49,11 +50,11 @@ def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], M: float = 5.0)
     the mean is over all of their entries together, not per tensor.
     """
     if not M > 0:
-        raise ValueError(f"the outlier threshold M must be positive (the paper uses 5), got {M}")
+        raise InputError(f"the outlier threshold M must be positive (the paper uses 5), got {M}")
     tensors = [scores] if isinstance(scores, torch.Tensor) else list(scores)
     count = sum(t.numel() for t in tensors)
     if count == 0:
-        raise ValueError("need at least one score to measure an outlier ratio")
+        raise InputError("need at least one score to measure an outlier ratio")
     mean = sum(float(t.double().sum()) for t in tensors) / count
     outliers = sum(int((t.double() > M * mean).sum()) for t in tensors)
     return outliers / count
@@ -68,12 +69,12 @@ def owl_sparsities(ratios: Sequence[float] | torch.Tensor, target: float, lam: f
     """
     target = validate_sparsity(target)
     if not lam >= 0:
-        raise ValueError(f"lambda must be >= 0 (the paper uses 0.08), got {lam}")
+        raise InputError(f"lambda must be >= 0 (the paper uses 0.08), got {lam}")
     try:
         return linear_schedule(ratios, target, 2.0 * lam)
     except ValueError as error:
         if "outside (0, 1)" in str(error):
-            raise ValueError(f"lambda = {lam} is too large for target sparsity {target}: {error}") from None
+            raise InputError(f"lambda = {lam} is too large for target sparsity {target}: {error}") from None
         raise
 
 
@@ -146,7 +147,7 @@ def prune_owl(
         ratios = owl_outlier_ratios(model, adapter, windows, M, batch_size=batch_size, device=device, progress=progress)
     ratios = torch.as_tensor(ratios, dtype=torch.float64).flatten()
     if ratios.numel() != num_blocks:
-        raise ValueError(f"got {ratios.numel()} outlier ratios for a model with {num_blocks} decoder blocks")
+        raise InputError(f"got {ratios.numel()} outlier ratios for a model with {num_blocks} decoder blocks")
     sparsities = owl_sparsities(ratios, sparsity, lam)
     masks = spec.prune(model, adapter, sparsities.tolist(), None, windows, batch_size=batch_size, device=device,
                        progress=progress, **options)

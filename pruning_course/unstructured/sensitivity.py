@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter, set_weight_matrix, weight_matrix
 from ..calibration import run_blockwise
 from ..evaluate import perplexity
@@ -106,7 +107,7 @@ def pruned_weights(
     if not spec.needs_data:
         return {name: pruned(m, None) for name, m in adapter.named_linears(model).items()}
     if windows is None:
-        raise ValueError(f"{method} is calibrated: pass calibration windows (data.calibration_windows)")
+        raise InputError(f"{method} is calibrated: pass calibration windows (data.calibration_windows)")
     result: dict[str, torch.Tensor] = {}
 
     def on_block(index: int, block: nn.Module, stats) -> None:  # computes, changes nothing: the next block sees dense outputs
@@ -145,7 +146,7 @@ def layer_sensitivity(
     The model's weights are restored after every unit (also on error).
     """
     if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; choose 'block' (one decoder block at a time) or 'linear'")
+        raise InputError(f"unknown unit {unit!r}; choose 'block' (one decoder block at a time) or 'linear'")
     candidates = pruned_weights(
         model, adapter, sparsity, method, windows, scope=scope, batch_size=batch_size, device=device, progress=progress
     )
@@ -209,14 +210,14 @@ def schedule_from_sensitivity(
     tensor; :func:`schedule_sparsity` of it with the counts equals ``target_sparsity``.
     """
     if mapping not in ("rank", "linear"):
-        raise ValueError(f"unknown mapping {mapping!r}; choose 'rank' or 'linear'")
+        raise InputError(f"unknown mapping {mapping!r}; choose 'rank' or 'linear'")
     items = list(sensitivities) if not isinstance(sensitivities, torch.Tensor) else sensitivities.tolist()
     if not items:
-        raise ValueError("need one sensitivity per decoder block, got none")
+        raise InputError("need one sensitivity per decoder block, got none")
     if isinstance(items[0], LayerSensitivity):
         indices = [s.index for s in items]
         if sorted(indices) != list(range(len(items))):
-            raise ValueError(
+            raise InputError(
                 "schedule_from_sensitivity needs one sensitivity per decoder block: run layer_sensitivity with unit='block'"
             )
         items = sorted(items, key=lambda s: s.index)
@@ -226,9 +227,9 @@ def schedule_from_sensitivity(
     else:
         scores = torch.tensor([float(s) for s in items], dtype=torch.float64)
     if counts is not None and len(counts) != scores.numel():
-        raise ValueError(f"got {len(counts)} parameter counts for {scores.numel()} blocks; give one per block")
+        raise InputError(f"got {len(counts)} parameter counts for {scores.numel()} blocks; give one per block")
     if not all(math.isfinite(float(s)) for s in scores):
-        raise ValueError("sensitivities must be finite (a NaN/inf perplexity? evaluate on more tokens)")
+        raise InputError("sensitivities must be finite (a NaN/inf perplexity? evaluate on more tokens)")
     if mapping == "rank":
         scores = _average_ranks(scores)
     bounds = None

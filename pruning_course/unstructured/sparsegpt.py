@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter
 from ..calibration import InputHessian
 from ..masks import nm_mask, per_matrix_mask, resolve_target
@@ -75,7 +76,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01) -> tup
         return torch.linalg.cholesky(H_inv, upper=True), dead
     except torch.linalg.LinAlgError:
         finite = bool(torch.isfinite(H).all())
-        raise ValueError(
+        raise InputError(
             f"the {H.shape[0]}x{H.shape[0]} layer Hessian is not positive definite after damping by {percdamp:g} of its "
             + ("mean diagonal: raise percdamp (e.g. 0.1) or use more calibration samples"
                if finite else "mean diagonal: it holds inf or nan (the activations overflowed; use float32)")
@@ -176,11 +177,11 @@ def sparsegpt_prune(
     sparsity, nm = resolve_target(sparsity, pattern)
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
-        raise ValueError(f"the Hessian of a layer with {cols} inputs must be ({cols}, {cols}), got {tuple(hessian.shape)}")
+        raise InputError(f"the Hessian of a layer with {cols} inputs must be ({cols}, {cols}), got {tuple(hessian.shape)}")
     if nm is not None:
         n, m = nm
         if cols % m or blocksize % m:
-            raise ValueError(f"{n}:{m} needs M to divide the input width ({cols}) and the block size ({blocksize})")
+            raise InputError(f"{n}:{m} needs M to divide the input width ({cols}) and the block size ({blocksize})")
     rule = PruneColumns((cols, rows), sparsity, nm, weight.device)
     W = obs_column_sweep(weight, hessian, rule, blocksize=blocksize, percdamp=percdamp)
     return W.to(weight.dtype), rule.keep_t.t()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..architectures import ArchitectureAdapter
 from ..calibration import SquaredInputNorm
 from ..masks import keep_mask, resolve_target
@@ -27,7 +28,7 @@ def wanda_scores(weight: torch.Tensor, act_sq_norm: torch.Tensor) -> torch.Tenso
     feature ``j`` (so its square root is the norm).
     """
     if act_sq_norm.shape != (weight.shape[1],):
-        raise ValueError(
+        raise InputError(
             f"act_sq_norm must have one entry per input feature ({weight.shape[1]}), got shape {tuple(act_sq_norm.shape)}"
         )
     return weight.abs().float() * act_sq_norm.float().sqrt().unsqueeze(0)
