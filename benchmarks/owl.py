@@ -5,7 +5,9 @@ split, 32 calibration windows of 512 tokens from the train split, seed 0. At 70%
 SparseGPT each run with the uniform schedule and with OWL's per-block schedule (M = 5, lambda = 0.08,
 the paper's LLaMA setting). The outlier ratios are measured once on the dense model (they do not
 depend on the method) and reused. All runs share one process: the dense weights are restored
-before each run, and peak RSS is not reported per run.
+before each run. Each row is :func:`pruning_course.evaluate.prune_and_measure`'s record (the one
+``pruning-course prune`` writes); its peak RSS covers that row's pruning and evaluation with the
+model resident.
 
     python benchmarks/owl.py > runs/owl.json                  # the full protocol (slow on a CPU)
     python benchmarks/owl.py --quick                          # 8 calibration windows, 20 test windows
@@ -36,23 +38,18 @@ def main() -> None:
     methods = args.methods.split(",")
 
     from pruning_course.data import calibration_windows, load_token_splits
-    from pruning_course.evaluate import perplexity, sparsity_report
+    from pruning_course.evaluate import prune_and_measure
     from pruning_course.models import load_model
-    from pruning_course.methods import prune_model
     from pruning_course.unstructured.owl import owl_outlier_ratios, owl_sparsities
 
     model, tokenizer, adapter = load_model(args.model, progress=False)
     splits = load_token_splits(tokenizer, "wiki-sample")
     windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    measure = {"windows": windows, "test_ids": splits["test"], "seqlen": args.seqlen,
+               "max_eval_windows": args.max_eval_windows, "batch_size": args.batch_size}
 
-    def evaluate() -> dict:
-        result = perplexity(model, splits["test"], args.seqlen, batch_size=args.batch_size,
-                            max_windows=args.max_eval_windows, progress=False)
-        return {"ppl": result.ppl, "eval_tokens": result.eval_tokens, "eval_windows": result.windows,
-                "sparsity": sparsity_report(model, adapter)["sparsity"]}
-
-    results = [{"method": "dense", "layerwise": "dense", **evaluate()}]
+    results = [{**prune_and_measure(model, adapter, "dense", **measure), "layerwise": "dense"}]
     print(f"{'dense':>10} {'':>14}  ppl {results[-1]['ppl']:.2f}", file=sys.stderr)
 
     start = time.perf_counter()
@@ -64,13 +61,10 @@ def main() -> None:
     for method, layerwise, lam in runs:
         model.load_state_dict(dense_state)
         sparsity = args.sparsity if lam is None else schedules[lam].tolist()
-        start = time.perf_counter()
-        prune_model(model, adapter, method, sparsity, windows=windows, batch_size=args.batch_size, progress=False)
-        record = {"method": method, "layerwise": layerwise, "target_sparsity": args.sparsity,
-                  "prune_seconds": round(time.perf_counter() - start, 1)}
+        record = prune_and_measure(model, adapter, method, sparsity, **measure)
+        record.update(layerwise=layerwise, target_sparsity=args.sparsity)
         if lam is not None:
             record.update(lam=lam, M=args.M, block_sparsities=[round(s, 4) for s in schedules[lam].tolist()])
-        record.update(evaluate())
         results.append(record)
         label = layerwise if lam is None else f"owl lam={lam:g}"
         print(f"{method:>10} {label:>14}  ppl {record['ppl']:.2f}  sparsity {record['sparsity']:.4f}", file=sys.stderr)

@@ -299,8 +299,10 @@ def prune_and_measure(
     """Prune ``model`` in place with a registered one-shot ``method`` and measure it: the record
     ``pruning-course prune`` and ``compare`` print and write, for notebooks and benchmarks too.
 
-    ``method="dense"`` prunes nothing (the baseline row). ``owl = (M, lambda)`` prunes at OWL's
-    per-block sparsities with mean ``sparsity`` instead of a uniform one. With ``test_ids`` the
+    ``method="dense"`` prunes nothing (the baseline row). ``sparsity`` may be a per-block schedule
+    (as for :func:`~pruning_course.methods.prune_model`; the record keeps it as ``block_sparsities``
+    and its mean as ``target_sparsity``). ``owl = (M, lambda)`` prunes at OWL's per-block
+    sparsities with mean ``sparsity`` instead of a uniform one. With ``test_ids`` the
     record also holds the test perplexity over ``seqlen`` windows (the first ``max_eval_windows``).
     The peak-memory record is reset first, so ``peak_rss_mb`` covers pruning and evaluation (with
     the model itself resident). Prune a copy (``copy.deepcopy``) or reload the dense state between
@@ -308,10 +310,19 @@ def prune_and_measure(
     """
     from .masks import resolve_target
     from .methods import needs_calibration, prune_model
+    from .schedules import block_sparsities, is_uniform
     from .unstructured.owl import prune_owl
 
     dense = method == "dense"
-    target, nm = (0.0, None) if dense else resolve_target(sparsity, pattern)
+    schedule = None if dense or is_uniform(sparsity) else block_sparsities(sparsity, len(adapter.blocks(model)), pattern)[0]
+    if schedule is not None and owl is not None:
+        raise InputError("owl chooses the per-block sparsities itself: give one mean sparsity with owl, not a schedule")
+    if dense:
+        target, nm = 0.0, None
+    elif schedule is not None:
+        target, nm = sum(schedule) / len(schedule), None
+    else:
+        target, nm = resolve_target(sparsity, pattern)
     reset_peak_rss()
     start = time.perf_counter()
     owl_result = None
@@ -320,7 +331,7 @@ def prune_and_measure(
         if owl is not None:
             owl_result = prune_owl(model, adapter, windows, target, method, M=owl[0], lam=owl[1], **engine, **options)
         else:
-            prune_model(model, adapter, method, target, nm, windows=windows, **engine, **options)
+            prune_model(model, adapter, method, schedule or target, nm, windows=windows, **engine, **options)
     record = {
         "method": method,
         "pattern": "dense" if dense else (f"{nm[0]}:{nm[1]}" if nm else "unstructured"),
@@ -329,6 +340,8 @@ def prune_and_measure(
         "calib_samples": len(windows) if windows is not None and not dense and needs_calibration(method) else 0,
         "prune_seconds": round(time.perf_counter() - start, 3),
     }
+    if schedule is not None:
+        record["block_sparsities"] = schedule
     if owl_result is not None:
         record.update(owl_m=owl[0], owl_lambda=owl[1], outlier_ratios=owl_result.outlier_ratios.tolist(),
                       block_sparsities=owl_result.sparsities.tolist())

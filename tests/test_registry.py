@@ -109,6 +109,14 @@ def test_prune_and_measure_is_the_record_the_cli_writes(tiny, windows):
     assert abs(record["sparsity"] - 0.5) < 0.01 and record["eval_tokens"] == 4 * 32 and record["ppl"] > 0
     owl = prune_and_measure(copy.deepcopy(model), adapter, "wanda", 0.7, None, windows, owl=(5.0, 0.05))
     assert len(owl["block_sparsities"]) == 2 and "ppl" not in owl
+    scheduled = copy.deepcopy(model)
+    record = prune_and_measure(scheduled, adapter, "wanda", [0.3, 0.7], None, windows)
+    by_hand = copy.deepcopy(model)
+    prune_model(by_hand, adapter, "wanda", [0.3, 0.7], windows=windows, progress=False)
+    assert record["block_sparsities"] == [0.3, 0.7] and record["target_sparsity"] == pytest.approx(0.5)
+    assert all(torch.equal(a, b) for a, b in zip(scheduled.state_dict().values(), by_hand.state_dict().values()))
+    with pytest.raises(ValueError, match="not a schedule"):
+        prune_and_measure(copy.deepcopy(model), adapter, "wanda", [0.3, 0.7], None, windows, owl=(5.0, 0.05))
 
 
 def test_rank_correlation_and_macs_per_token():
