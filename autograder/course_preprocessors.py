@@ -15,10 +15,28 @@ Loaded by ``autograder/nbgrader_config.py`` (which puts this directory on
     score zero instead of full marks for having no output), and lets nbgrader
     carry on: the cells that ran before keep their credit and feedback is
     produced.
+
+    It also keeps the verdict out of the student's reach: a graded test cell
+    is never sent to the kernel. Its (instructor's) source runs here, in the
+    grading process, with every name it does not define standing for the
+    learner's object of that name in the kernel
+    (:mod:`pruning_course.grading.remote`): the checks call the learner's
+    functions across the process boundary, and their result -- a raised
+    failure or not -- is written into the cell's outputs by this process,
+    which nbgrader then scores. Each kernel talks over IPC sockets in a
+    private folder of its own (the sandbox mounts only that folder writable:
+    :mod:`pruning_course.grading.sandbox`).
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import io
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
 from queue import Empty
 from time import monotonic
 
@@ -62,7 +80,83 @@ class CourseExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._died_in = None  # label of the cell where the kernel died or got stuck
-        return super().preprocess(nb, resources, km)
+        self._kernel_dir = Path(tempfile.mkdtemp(prefix="k"))
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            shutil.rmtree(self._kernel_dir, ignore_errors=True)
+
+    def create_kernel_manager(self):
+        """A kernel with IPC sockets and its connection file in a private folder (the sandbox's only writable one)."""
+        km = super().create_kernel_manager()
+        km.transport = "ipc"
+        km.ip = str(self._kernel_dir / "ipc")
+        km.connection_file = str(self._kernel_dir / "connection.json")
+        return km
+
+    # -- graded test cells: judged in this process ------------------------------------------
+    @staticmethod
+    def _is_test_cell(cell) -> bool:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+    async def _async_run_in_kernel(self, code: str, timeout: float) -> str:
+        """Execute ``code`` in the kernel (not recorded in the notebook); return what it printed."""
+        msg_id = self.kc.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
+        deadline, printed = monotonic() + timeout, []
+        while True:
+            if monotonic() > deadline:
+                with contextlib.suppress(Exception):
+                    await ensure_async(self.km.interrupt_kernel())
+                raise TimeoutError(f"your code did not finish within {timeout:.0f} s")
+            try:
+                msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=1))
+            except Empty:
+                if not await ensure_async(self.kc.is_alive()):
+                    raise DeadKernelError("the kernel died while running your code") from None
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                printed.append(content.get("text", ""))
+            elif kind == "status" and content.get("execution_state") == "idle":
+                return "".join(printed)[-20000:]
+
+    _run_in_kernel = run_sync(_async_run_in_kernel)
+
+    def _judge_test_cell(self, cell, index):
+        from pruning_course.grading.remote import Learner, LearnerNamespace
+
+        started = monotonic()
+        learner = Learner(lambda code, timeout: self._run_in_kernel(code, timeout), self._kernel_dir / "exchange",
+                          timeout=lambda: self.timeout - (monotonic() - started))
+        local = LearnerNamespace(learner)
+        printed, error = io.StringIO(), None
+        try:
+            with contextlib.redirect_stdout(printed):
+                exec(compile(cell.source, f"<test cell {_label(cell, index)}>", "exec"),  # noqa: S102
+                     {"__name__": "__main__", "__builtins__": builtins}, local)
+        except DeadKernelError:
+            self._died_in = _label(cell, index)
+            error = RuntimeError("the kernel died while this cell's checks were calling your code (the process "
+                                 "crashed, called os._exit or ran out of memory); later cells were not executed")
+            error.ename = KERNEL_DIED
+        except Exception as exc:  # noqa: BLE001 - a failed check is an exception like any other
+            error = exc
+        cell.outputs = []
+        text = "".join(learner.printed) + printed.getvalue()
+        if text:
+            cell.outputs.append(new_output("stream", name="stdout", text=text))
+        if error is not None:
+            ename = getattr(error, "ename", type(error).__name__)
+            frames = [line for line in traceback.format_exception(type(error), error, error.__traceback__)
+                      if "<test cell" in line]
+            cell.outputs.append(new_output("error", ename=ename, evalue=str(error),
+                                           traceback=frames + [f"\x1b[0;31m{ename}\x1b[0m: {error}"]))
+        self.code_cells_executed = getattr(self, "code_cells_executed", 0) + 1
+        cell.execution_count = self.code_cells_executed
+        return cell
 
     async def _async_responds(self, seconds: float) -> bool:
         """Whether the kernel answers a kernel_info request (queued behind any running code)."""
@@ -87,6 +181,8 @@ class CourseExecute(Execute):
                 cell.outputs = [_error(NOT_EXECUTED, f"not executed: the kernel was lost earlier, in {self._died_in}")]
                 cell.execution_count = None
             return cell, resources
+        if self._is_test_cell(cell) and cell.source.strip():
+            return self._judge_test_cell(cell, index), resources
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:

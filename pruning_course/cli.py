@@ -399,7 +399,7 @@ def cmd_grade(args) -> int:
     from .grading import grade
 
     report = grade(args.submissions, args.out, solutions_dir=args.solutions, timeout=args.timeout,
-                   quick=not args.full, wall_timeout=args.wall_timeout)
+                   quick=not args.full, wall_timeout=args.wall_timeout, sandbox=not args.no_sandbox)
     print(report)
     return 0
 
@@ -476,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("submissions", help="folder or .zip of submitted notebooks")
     p.add_argument("--out", required=True, help="output folder for feedback/, grades.csv and the gradebook")
     p.add_argument("--wall-timeout", type=float, default=None, help="seconds allowed per student notebook in all")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="UNSAFE: run the students' code without the bubblewrap sandbox, as you, with your files, "
+                        "network and grades within its reach (only for submissions you trust, on a machine "
+                        "without bubblewrap)")
     p.set_defaults(func=cmd_grade)
     return parser
 

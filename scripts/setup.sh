@@ -17,6 +17,14 @@ PINS=(-c constraints.txt)
 if [ "${PRUNING_COURSE_UNPINNED:-0}" = 1 ]; then
   PINS=()
 fi
+# `pruning-course grade` runs every student's kernel in a bubblewrap sandbox (grading/sandbox.py)
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null; }
+  else
+    echo "note: grading needs bubblewrap: sudo apt-get install bubblewrap (or your distribution's package)" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,11 +149,42 @@ def _check_norm_result(result, inputs, outputs, out_features: int, where: str) -
     return factor
 
 
-def _recording_hook(store_in: list, store_out: list):
-    def hook(_module, args, output):
-        store_in.append(args[0].detach().clone())
-        store_out.append(output.detach().clone())
-    return hook
+class RecordingHook:
+    """A forward hook that keeps a layer's inputs and outputs. A plain object rather than a
+    closure, so that it travels with the model when the grader calls the learner's function
+    in another process (:mod:`pruning_course.grading.remote`)."""
+
+    def __init__(self):
+        self.inputs, self.outputs = [], []
+
+    def __call__(self, _module, args, output):
+        self.inputs.append(args[0].detach().clone())
+        self.outputs.append(output.detach().clone())
+
+
+def _observed_calls(layer: nn.Module, model: nn.Module, batches, collect) -> tuple[Any, int]:
+    """Run the learner's ``collect(layer, model, batches)`` with a recording hook on ``layer``;
+    return its result and how many times the layer ran during the call."""
+    probe = layer.register_forward_hook(RecordingHook())
+    try:
+        result = collect(layer, model, batches)
+        recorder = layer._forward_hooks.get(probe.id)  # the hook as the call left it
+        return result, len(recorder.inputs) if isinstance(recorder, RecordingHook) else 0
+    finally:
+        probe.remove()
+
+
+def _reference_io(layer: nn.Module, model: nn.Module, batches) -> tuple[list, list]:
+    """The layer's inputs and outputs over ``batches``, recorded here by the check itself."""
+    recorder = RecordingHook()
+    handle = layer.register_forward_hook(recorder)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        handle.remove()
+    return recorder.inputs, recorder.outputs
 
 
 @keeps_rng
@@ -176,21 +208,19 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
         linear.weight.copy_(torch.randn(out_features, in_features, generator=gen))
     scales = torch.logspace(-1, 1, in_features)[torch.randperm(in_features, generator=gen)]  # outlier features
     batches = [torch.randn(b, 3, in_features, generator=gen) * scales for b in (2, 3, 1)]
-    inputs, outputs = [], []
-    probe = linear.register_forward_hook(_recording_hook(inputs, outputs))
     hooks_before = _hook_count(linear)
     weight_before = linear.weight.detach().clone()
-    result = call(collect_act_sq_norms, linear, linear, batches, name=name)
-    probe.remove()
-    if _hook_count(linear) != hooks_before - 1:
+    result, runs = _observed_calls(linear, linear, batches, lambda *a: call(collect_act_sq_norms, *a, name=name))
+    if _hook_count(linear) != hooks_before:
         fail("your function left a hook registered on the layer: keep the handle that register_forward_hook returns "
              "and call handle.remove() when the batches are done (in a `finally:` block, so it goes even on errors)")
-    if not inputs:
+    if not runs:
         fail("the layer was never called: run model(batch) for every batch in batches, with the hook registered")
-    if len(inputs) != len(batches):
-        fail(f"the layer ran {len(inputs)} times for {len(batches)} batches: call model(batch) once per batch")
+    if runs != len(batches):
+        fail(f"the layer ran {runs} times for {len(batches)} batches: call model(batch) once per batch")
     if not torch.equal(linear.weight.detach(), weight_before):
         fail("your function changed the layer's weights: it should only observe the inputs")
+    inputs, outputs = _reference_io(linear, linear, batches)
     where = "on a single nn.Linear(10, 7) fed 3 batches of (batch, 3, 10) inputs with 6, 9 and 3 tokens"
     factors.append(_check_norm_result(result, inputs, outputs, out_features, where))
 
@@ -200,17 +230,15 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     batches = [windows[:2], windows[2:4], windows[4:]]
     for block, layer_name in ((1, "self_attn.o_proj"), (0, "mlp.down_proj")):
         layer = model.get_submodule(f"model.layers.{block}.{layer_name}")
-        inputs, outputs = [], []
-        probe = layer.register_forward_hook(_recording_hook(inputs, outputs))
         hooks_before = _hook_count(model)
-        result = call(collect_act_sq_norms, layer, model, batches, name=name)
-        probe.remove()
-        if _hook_count(model) != hooks_before - 1:
+        result, runs = _observed_calls(layer, model, batches, lambda *a: call(collect_act_sq_norms, *a, name=name))
+        if _hook_count(model) != hooks_before:
             fail(f"after your function, model.layers.{block}.{layer_name} (or another module) still has a hook "
                  "registered: call handle.remove() when the batches are done (in a `finally:` block)")
-        if len(inputs) != len(batches):
-            fail(f"model.layers.{block}.{layer_name} ran {len(inputs)} times for {len(batches)} batches: call "
+        if runs != len(batches):
+            fail(f"model.layers.{block}.{layer_name} ran {runs} times for {len(batches)} batches: call "
                  "model(batch) once per batch")
+        inputs, outputs = _reference_io(layer, model, batches)
         where = (f"on model.layers.{block}.{layer_name} of a tiny Llama ({layer.in_features} -> {layer.out_features}), "
                  "batches of 2, 2 and 1 windows of 24 tokens")
         factors.append(_check_norm_result(result, inputs, outputs, layer.out_features, where))

@@ -45,20 +45,25 @@ from .submissions import discover_submissions, extract_zip, prepare_submission, 
 
 def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions",
           timeout: int = DEFAULT_TIMEOUT, *, quick: bool = True, wall_timeout: float | None = None,
-          config: str | Path | None = None) -> GradeReport:
+          config: str | Path | None = None, sandbox: bool = True) -> GradeReport:
     """Autograde a folder or ``.zip`` of submitted notebooks (layouts: see the package docstring).
 
     ``timeout`` is the per-cell limit in seconds; ``wall_timeout`` caps one student's assignment
     as a whole (default: enough for every cell to hit ``timeout``).  Results accumulate in
     ``out_dir`` (``grades.csv``, feedback, gradebook); grading the same student again replaces
-    that student's grade and keeps everyone else's."""
+    that student's grade and keeps everyone else's.
+
+    ``sandbox``: every kernel runs in bubblewrap (:mod:`.sandbox`), and :class:`GradingError`
+    says how to install it when it cannot; ``False`` runs the students' code as the caller
+    (unsafe: for a machine without bubblewrap and submissions you trust)."""
     start = time.time()
     catalog = catalog_of(solutions_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     db_path = out / "gradebook.db"
     report = GradeReport(out_dir=out, csv_path=out / "grades.csv")
-    with _out_dir_lock(out), Course(catalog, db_path, timeout=timeout, quick=quick, config=config) as course:
+    with _out_dir_lock(out), Course(catalog, db_path, timeout=timeout, quick=quick, config=config,
+                                          sandbox=sandbox) as course:
         if db_path.exists():
             shutil.copyfile(db_path, out / "gradebook.db.bak")
         src = Path(submissions).resolve()

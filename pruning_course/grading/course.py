@@ -19,6 +19,7 @@ from .. import settings
 from ..model_files import writing
 from .notebooks import Catalog, is_ignored
 from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, shorten
+from .sandbox import Limits, sandbox_problem
 
 _WORKER = "import sys; from pruning_course.grading.course import _worker_main; _worker_main(sys.argv[1:])"
 
@@ -27,10 +28,19 @@ class Course:
     """A temporary nbgrader course: ``source/``, ``release/``, ``submitted/``, ``autograded/``, ``feedback/``."""
 
     def __init__(self, catalog: Catalog, db_path: Path | None = None, *, timeout: int = DEFAULT_TIMEOUT,
-                 quick: bool = True, config: str | Path | None = None):
+                 quick: bool = True, config: str | Path | None = None, sandbox: bool | None = None,
+                 limits: Limits | None = None):
+        """``sandbox``: run every kernel in bubblewrap (:mod:`.sandbox`); ``True`` refuses with the
+        install hint when it is unavailable, ``None`` uses it when it is available (for the course's
+        own notebooks), ``False`` runs kernels unconfined."""
         self.catalog = catalog
         self.timeout = int(timeout)
         self.quick = quick
+        problem = sandbox_problem() if sandbox is not False else None
+        if sandbox and problem:
+            raise GradingError(problem)
+        self.sandboxed = sandbox is not False and problem is None
+        self.limits = limits or Limits()
         import importlib.util
 
         missing = [m for m in ("nbgrader", "ipykernel", "nbconvert") if importlib.util.find_spec(m) is None]
@@ -76,9 +86,14 @@ class Course:
     def _write_kernel_and_path(self) -> None:
         spec = self.tmp / "jupyter" / "kernels" / "python3"
         spec.mkdir(parents=True)
+        kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        if self.sandboxed:  # the launcher applies the limits, then becomes bwrap ... -- kernel
+            kernel = [sys.executable, "-m", "pruning_course.grading.sandbox", *self.limits.argv(), "--", *kernel]
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (ipykernel)", "language": "python", "metadata": {"debugger": False},
+            "argv": kernel, "display_name": "Python 3 (ipykernel)", "language": "python",
+            "metadata": {"debugger": False},
+            # SIGINT would reach bubblewrap, not the kernel: interrupt with a message instead
+            "interrupt_mode": "message" if self.sandboxed else "signal",
         }, indent=1))
         for d in ("jupyter_config", "jupyter_runtime", "ipython"):
             (self.tmp / d).mkdir()
