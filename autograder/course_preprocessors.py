@@ -80,6 +80,8 @@ class CourseExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._died_in = None  # label of the cell where the kernel died or got stuck
+        # test cells of exercises answered with the course's own code (set by pruning_course.grading)
+        self._void = dict(nb.metadata.get("pruning_course", {}).get("void_tests", {}))
         self._kernel_dir = Path(tempfile.mkdtemp(prefix="k"))
         try:
             return super().preprocess(nb, resources, km)
@@ -102,18 +104,19 @@ class CourseExecute(Execute):
 
     async def _async_run_in_kernel(self, code: str, timeout: float) -> str:
         """Execute ``code`` in the kernel (not recorded in the notebook); return what it printed."""
+        from pruning_course.grading.remote import LearnerGone, LearnerTimeout
         msg_id = self.kc.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
         deadline, printed = monotonic() + timeout, []
         while True:
             if monotonic() > deadline:
                 with contextlib.suppress(Exception):
                     await ensure_async(self.km.interrupt_kernel())
-                raise TimeoutError(f"your code did not finish within {timeout:.0f} s")
+                raise LearnerTimeout(f"your code did not finish within {timeout:.0f} s")
             try:
                 msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=1))
             except Empty:
                 if not await ensure_async(self.kc.is_alive()):
-                    raise DeadKernelError("the kernel died while running your code") from None
+                    raise LearnerGone("the kernel died while running your code") from None
                 continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -126,7 +129,12 @@ class CourseExecute(Execute):
     _run_in_kernel = run_sync(_async_run_in_kernel)
 
     def _judge_test_cell(self, cell, index):
-        from pruning_course.grading.remote import Learner, LearnerNamespace
+        from pruning_course.grading.remote import Learner, LearnerGone, LearnerNamespace, LearnerTimeout
+
+        void = self._void.get(cell.get("metadata", {}).get("nbgrader", {}).get("grade_id"))
+        if void:
+            cell.outputs = [_error("ReferenceAnswer", void)]
+            return cell
 
         started = monotonic()
         learner = Learner(lambda code, timeout: self._run_in_kernel(code, timeout), self._kernel_dir / "exchange",
@@ -137,18 +145,24 @@ class CourseExecute(Execute):
             with contextlib.redirect_stdout(printed):
                 exec(compile(cell.source, f"<test cell {_label(cell, index)}>", "exec"),  # noqa: S102
                      {"__name__": "__main__", "__builtins__": builtins}, local)
-        except DeadKernelError:
+        except LearnerGone:
             self._died_in = _label(cell, index)
-            error = RuntimeError("the kernel died while this cell's checks were calling your code (the process "
-                                 "crashed, called os._exit or ran out of memory); later cells were not executed")
-            error.ename = KERNEL_DIED
+            error = _error(KERNEL_DIED, "the kernel died while this cell's checks were calling your code (the "
+                                        "process crashed, called os._exit or ran out of memory); later cells were "
+                                        "not executed")
+        except LearnerTimeout:
+            error = new_output("error", **self.error_on_timeout)
         except Exception as exc:  # noqa: BLE001 - a failed check is an exception like any other
             error = exc
         cell.outputs = []
         text = "".join(learner.printed) + printed.getvalue()
         if text:
             cell.outputs.append(new_output("stream", name="stdout", text=text))
-        if error is not None:
+        if isinstance(error, dict):
+            cell.outputs.append(error)
+            if error.get("ename") == "CellTimeoutError" and not self._responds(self.interrupt_grace):
+                self._shut_down_stuck_kernel(cell, index)
+        elif error is not None:
             ename = getattr(error, "ename", type(error).__name__)
             frames = [line for line in traceback.format_exception(type(error), error, error.__traceback__)
                       if "<test cell" in line]

@@ -14,9 +14,14 @@ repository.  nbgrader runs in worker processes watched from outside: a worker th
 a student's wall-clock limit or dies is killed together with its kernels, that student is
 graded as the unmodified student version (zero) with the reason, and a fresh worker carries
 on with the next student.  Kernels run the grading Python (``sys.executable``, which needs
-``ipykernel``: the ``course`` extra), import this package (``pruning_course.checks``) from
-where it is now, and get ``PRUNING_COURSE_QUICK=1``; nbgrader sets
-``NBGRADER_EXECUTION=autograde`` while it grades.
+``ipykernel``: the ``course`` extra) inside a bubblewrap sandbox (:mod:`.sandbox`: no network,
+their own process namespace, read-only packages, nothing else of the machine), import this
+package from where it is now, and get ``PRUNING_COURSE_QUICK=1``; nbgrader sets
+``NBGRADER_EXECUTION=autograde`` while it grades.  Graded test cells do not run in the kernel:
+the grader runs them in its own process and the checks call the student's functions across the
+process boundary (:mod:`.remote`), so nothing a submission does in its kernel can change a
+verdict.  Code that reaches for the grading machinery, and exercises answered with the
+package's own reference implementation, are found by reading the code (:mod:`.tampering`).
 
 Submission layouts accepted by :func:`grade` (a folder, or a ``.zip`` of one; nested folders
 above these are fine, files other than ``.ipynb`` are ignored):
@@ -42,7 +47,10 @@ the newest is graded and the others are named in the reason.
     skipped.csv                files of the last run that could not be matched to a student
 
 Statuses (most severe first): ``error`` (grading itself failed; scored as the unmodified
-student version, i.e. zero), ``invalid`` (not a readable notebook; zero), ``missing`` (a
+student version, i.e. zero), ``invalid`` (not a readable notebook; zero), ``tampering`` (the
+code tries to reach the grading machinery; graded as usual, the reason says what was tried),
+``reference_answer`` (an exercise answered with the course's own implementation; its test
+cells score zero), ``missing`` (a
 notebook of the assignment was not submitted; zero), ``kernel_died`` (the cells from the
 crash on score zero), ``timeout`` (a cell hit the per-cell timeout and scored zero),
 ``cells_restored`` (deleted test cells were put back and graded), ``graded``.
@@ -50,7 +58,8 @@ crash on score zero), ``timeout`` (a cell hit the per-cell timeout and scored ze
 Modules: ``reports`` (constants, errors, result types), ``notebooks`` (course catalogue, notebook
 helpers), ``course`` (the throwaway nbgrader course, its workers, the gradebook), ``release``
 (generate, drift, validate), ``submissions`` (finding, extracting and preparing submissions),
-``batch`` (grade).  This package re-exports the public names.
+``sandbox`` (the kernels' bubblewrap confinement), ``remote`` (checks across the process
+boundary), ``tampering`` (reading a submission's code), ``batch`` (grade).  This package re-exports the public names.
 """
 
 from .batch import grade

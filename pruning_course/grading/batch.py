@@ -37,6 +37,8 @@ from .reports import (
     shorten,
 )
 from .submissions import discover_submissions, extract_zip, prepare_submission, Submission
+from .sandbox import sandbox_problem
+from .tampering import exercise_names, reference_answers, tampering_attempts
 
 # ---------------------------------------------------------------------------------------------
 # grade
@@ -57,6 +59,9 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
     says how to install it when it cannot; ``False`` runs the students' code as the caller
     (unsafe: for a machine without bubblewrap and submissions you trust)."""
     start = time.time()
+    problem = sandbox_problem() if sandbox else None
+    if problem:  # before anything is created
+        raise GradingError(problem)
     catalog = catalog_of(solutions_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -236,8 +241,31 @@ def _prepare_job(course: Course, job: _Job) -> None:
             prepared = release
         elif restored:
             job.note(nb, "cells_restored", f"deleted test cell(s) {', '.join(restored)} were put back and graded")
+        if prepared is not release:
+            _read_code(job, nb, prepared, release)
         job.code_cells += sum(c.cell_type == "code" for c in prepared.cells)
         (sub_dir / f"{nb}.ipynb").write_text(notebook_bytes(prepared), encoding="utf-8")
+
+
+def _read_code(job: _Job, nb: str, prepared, release) -> None:
+    """Report tampering attempts, and void the test cells of exercises answered with the package's
+    own code (:mod:`.tampering`): the judge (``CourseExecute``) fails them with the reason."""
+    cells = [(i, c.source, not nbgrader_metadata(c).get("locked", False))
+             for i, c in enumerate(prepared.cells, 1) if c.cell_type == "code"]
+    for finding in tampering_attempts(cells):
+        job.note(nb, "tampering", f"tampering attempt, {finding}")
+    exercises = exercise_names([c.source for c in release.cells
+                                if c.cell_type == "code" and nbgrader_metadata(c).get("solution")])
+    void = {}
+    for finding in reference_answers(cells, exercises):
+        job.note(nb, "reference_answer", str(finding))
+        for cell in release.cells:
+            meta = nbgrader_metadata(cell)
+            if cell.cell_type == "code" and meta.get("grade") and not meta.get("solution") \
+                    and re.search(rf"\b{re.escape(finding.name)}\b", cell.source):
+                void[meta["grade_id"]] = (f"no points: {finding.name} is the course's own reference implementation, "
+                                          f"not your answer ({finding})")
+    prepared.metadata["pruning_course"] = {"void_tests": void}
 
 
 def _collect(course: Course, out: Path, job: _Job) -> list[NotebookGrade]:
@@ -325,9 +353,38 @@ def _status_key(student: str, a: str, nb: str) -> str:
     return f"{student}/{a}/{nb}"
 
 
+_STATUS_FIELDS = {"student": str, "assignment": str, "notebook": str, "score": (int, float),
+                  "max_score": (int, float), "status": str, "reason": str, "submitted": str, "graded_at": str}
+
+
+def _load_status(out: Path) -> dict:
+    """``grading_status.json``, re-validated: only records of the right shape, under their own key,
+    with a known status and 0 <= score <= max_score. An unreadable file is kept aside as
+    ``grading_status.json.unreadable-<time>`` and the statuses start afresh (the scores live in
+    the gradebook, so ``grades.csv`` loses no grade)."""
+    path = out / "grading_status.json"
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError):
+        path.replace(out / f"grading_status.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        return {}
+    status = {}
+    for key, rec in raw.items():
+        if (isinstance(rec, dict) and all(isinstance(rec.get(f), t) for f, t in _STATUS_FIELDS.items())
+                and not isinstance(rec["score"], bool) and rec["status"] in STATUSES
+                and key == _status_key(rec["student"], rec["assignment"], rec["notebook"])
+                and 0 <= rec["score"] <= rec["max_score"]):
+            status[key] = {f: rec[f] for f in _STATUS_FIELDS}
+    return status
+
+
 def _save_status(out: Path, grades: list[NotebookGrade]) -> None:
     path = out / "grading_status.json"
-    status = json.loads(path.read_text()) if path.exists() else {}
+    status = _load_status(out)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for g in grades:
         status[_status_key(g.student, g.assignment, g.notebook)] = {
@@ -339,13 +396,12 @@ def _save_status(out: Path, grades: list[NotebookGrade]) -> None:
 
 def _write_csv(out: Path, db_path: Path) -> None:
     """``grades.csv``: every notebook graded into this ``out_dir``; scores from the gradebook."""
-    path = out / "grading_status.json"
-    status = json.loads(path.read_text()) if path.exists() else {}
+    status = _load_status(out)
     scores = gradebook_scores(db_path)
     rows = {}
     for rec in status.values():
         key = (rec["student"], rec["assignment"], rec["notebook"])
-        score, max_score = scores.get(key, (rec["score"], rec["max_score"]))
+        score, max_score = scores.get(key, (0.0, rec["max_score"]))  # a score comes from the gradebook or is zero
         rows[key] = {**{k: rec[k] for k in ("student", "assignment", "notebook", "status", "reason")},
                      "score": as_number(score), "max_score": as_number(max_score)}
     for key, (score, max_score) in scores.items():

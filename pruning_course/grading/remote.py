@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 import secrets
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +52,16 @@ _ACCEPTED: dict[str, Any] = {}
 
 
 class LearnerError(Exception):
-    """The learner's kernel could not answer (it died, timed out, or sent something unacceptable)."""
+    """The learner's kernel sent something the grader does not accept."""
+
+
+class LearnerTimeout(BaseException):
+    """The learner's code ran past the cell's time limit. A ``BaseException``, like
+    ``KeyboardInterrupt``: it ends the whole test cell, not just the check's call."""
+
+
+class LearnerGone(BaseException):
+    """The learner's kernel died while the checks were calling it."""
 
 
 def acceptable_global(name: str) -> Any | None:
@@ -115,7 +125,7 @@ class Learner:
         request, reply = self.exchange / f"{token}.request", self.exchange / f"{token}.reply"
         seconds = self._timeout()
         if seconds <= 0:
-            raise TimeoutError("the checks of this cell ran out of time while calling your code")
+            raise LearnerTimeout("the checks of this cell ran out of time while calling your code")
         torch.save(message, request)
         try:
             text = self._run(f"__import__('pruning_course.grading.remote', fromlist=['answer'])"
@@ -139,6 +149,10 @@ class Learner:
             return RemoteFunction(self, name)
         if kind == "autograd_function":
             return remote_autograd_function(self, name)
+        if kind == "module":  # the grader's own copy of a module the notebook imported (``math``, ``torch``)
+            if not _importable_here(value):
+                raise NameError(f"name '{name}' is the module {value!r}, which a test cell may not use")
+            return importlib.import_module(value)
         return value  # plain data (a number, a tensor, a list): a copy
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
@@ -199,6 +213,18 @@ class LearnerNamespace(dict):
         value = self.learner.describe(name)
         self[name] = value
         return value
+
+
+_NOT_IMPORTED = {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "webbrowser"}
+_THIRD_PARTY = {"torch", "numpy", "transformers", "datasets", "datasketch", "pruning_course", "matplotlib", "nbformat"}
+
+
+def _importable_here(module: str) -> bool:
+    """A module the grader may import itself for a test cell: the standard library or the course's stack."""
+    import sys
+
+    top = module.split(".")[0]
+    return top not in _NOT_IMPORTED and (top in sys.stdlib_module_names or top in _THIRD_PARTY)
 
 
 def _learner_exception(type_name: str, message: str) -> BaseException:
@@ -360,6 +386,8 @@ def _carry_out(message: dict, namespace: dict):
         return ("missing", None)
     obj = namespace[name]
     if op == "describe":
+        if isinstance(obj, types.ModuleType):
+            return ("module", obj.__name__)
         if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
             return ("autograd_function", None)
         if callable(obj):

@@ -17,7 +17,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "autograder" / "nbgrader_
 SOLUTION_STUDENT = "reference-solution"
 RELEASE_STUDENT = "unmodified-student-version"
 
-STATUSES = ("error", "invalid", "missing", "kernel_died", "timeout", "cells_restored", "graded")
+STATUSES = ("error", "invalid", "tampering", "reference_answer", "missing", "kernel_died", "timeout",
+            "cells_restored", "graded")
 CSV_FIELDS = ("student", "assignment", "notebook", "score", "max_score", "status", "reason")
 
 
