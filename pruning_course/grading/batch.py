@@ -225,12 +225,14 @@ def _prepare_job(course: Course, job: _Job) -> None:
         if nb not in job.submitted:
             job.note(nb, "missing", "this notebook was not submitted")
             continue
-        prepared, unreadable, restored = prepare_submission(job.submitted[nb].path, release)
+        prepared, unreadable, restored, notes = prepare_submission(job.submitted[nb].path, release)
         if prepared is None:
             job.note(nb, "invalid", f"{unreadable}; it was graded as the unmodified student version (zero)")
             prepared = release
         elif restored:
             job.note(nb, "cells_restored", f"deleted test cell(s) {', '.join(restored)} were put back and graded")
+        for text in notes:
+            job.note(nb, None, text)
         job.code_cells += sum(c.cell_type == "code" for c in prepared.cells)
         (sub_dir / f"{nb}.ipynb").write_text(notebook_bytes(prepared), encoding="utf-8")
 

@@ -256,32 +256,34 @@ def discover_submissions(root: Path, catalog: Catalog, exclude: Path | None = No
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_submission(path: Path, release) -> tuple[object | None, str | None, list[str]]:
+def prepare_submission(path: Path, release) -> tuple[object | None, str | None, list[str], list[str]]:
     """Read a submitted notebook and make it safe to hand to nbgrader.
 
-    Returns (notebook or None, why it is unreadable or None, restored grade ids).  Outputs are
-    cleared, cell ids made valid and unique, and graded test cells the student deleted are put
-    back (from the student version) right after the cell that preceded them there."""
+    Returns (notebook or None, why it is unreadable or None, restored grade ids, notes).
+    Outputs are cleared, cell ids made valid and unique, every grade id left on one cell
+    (:func:`_strip_stray_grade_ids`; the notes say which cells lost theirs), and graded test
+    cells the student deleted are put back (from the student version) right after the cell that
+    preceded them there."""
     nbformat = nbformat_module()
     try:
         if path.stat().st_size > _MAX_NOTEBOOK_BYTES:
-            return None, f"the file is larger than {_MAX_NOTEBOOK_BYTES // 2**20} MiB", []
+            return None, f"the file is larger than {_MAX_NOTEBOOK_BYTES // 2**20} MiB", [], []
         with open(path, encoding="utf-8-sig") as f:
             text = f.read()
         if not text.strip():
-            return None, "the file is empty", []
+            return None, "the file is empty", [], []
         raw = json.loads(text)
         if not isinstance(raw, dict) or not isinstance(raw.get("cells", raw.get("worksheets")), list):
-            return None, "the file is JSON but not a Jupyter notebook (no list of cells)", []
+            return None, "the file is JSON but not a Jupyter notebook (no list of cells)", [], []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nbformat warns about (and fixes) duplicate cell ids etc.
             nb = nbformat.reads(text, as_version=4)
     except UnicodeDecodeError:
-        return None, "the file is not text (not UTF-8), so not a notebook", []
+        return None, "the file is not text (not UTF-8), so not a notebook", [], []
     except json.JSONDecodeError as exc:
-        return None, f"the file is not valid JSON, so not a notebook ({exc})", []
+        return None, f"the file is not valid JSON, so not a notebook ({exc})", [], []
     except Exception as exc:  # nbformat errors of every kind
-        return None, f"the file cannot be read as a notebook ({type(exc).__name__}: {shorten(exc, 160)})", []
+        return None, f"the file cannot be read as a notebook ({type(exc).__name__}: {shorten(exc, 160)})", [], []
     for cell in nb.cells:
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
@@ -301,9 +303,60 @@ def prepare_submission(path: Path, release) -> tuple[object | None, str | None, 
                 nb = nbformat.from_dict(fixed)
                 nbformat.validate(nb)
         except Exception as exc:
-            return None, f"the notebook does not follow the notebook format ({shorten(exc, 160)})", []
+            return None, f"the notebook does not follow the notebook format ({shorten(exc, 160)})", [], []
+    notes = _strip_stray_grade_ids(nb, release)
     restored = _restore_tests(nb, release)
-    return nb, None, restored
+    return nb, None, restored, notes
+
+
+def _role(cell) -> tuple:
+    m = nbgrader_metadata(cell)
+    return cell.get("cell_type"), bool(m.get("grade")), bool(m.get("solution"))
+
+
+def _strip_stray_grade_ids(nb, release) -> list[str]:
+    """Leave each of the release's grade ids on one cell; returns what was done, as notes.
+
+    nbgrader fails on the whole notebook (``KeyError: 'grade_id'``) when a grade id appears
+    twice (a backup copy of a solution cell, the setup cell pasted again, a markdown cell that
+    shares a code cell's id) or one the notebook does not have (a test cell pasted from another
+    notebook).  Of several copies the one kept is, like nbgrader's own ``DeduplicateIds``, the
+    last whose cell type and role (test / solution) match the release's, preferring a copy
+    with the release's source; the others lose their nbgrader metadata and run as the plain
+    cells they are.  Cells with nbgrader metadata but an unknown (or no) grade id lose it too."""
+    expected = {gid: cell for cell in release.cells if (gid := grade_id_of(cell))}
+    copies: dict[str, list[int]] = {}
+    strays: dict[int, str] = {}
+    for i, cell in enumerate(nb.cells):
+        if "nbgrader" not in cell.get("metadata", {}):
+            continue
+        gid = grade_id_of(cell)
+        if isinstance(gid, str) and gid in expected:
+            copies.setdefault(gid, []).append(i)
+        elif gid or any(nbgrader_metadata(cell).get(k) for k in ("grade", "solution", "locked", "task")):
+            strays[i] = f"grade id {gid!r} is not one of this notebook's" if gid else "nbgrader metadata without a grade id"
+        else:
+            del cell.metadata["nbgrader"]  # empty nbgrader metadata: nothing to say
+    for gid, found in copies.items():
+        if len(found) == 1:
+            continue
+        release_cell = expected[gid]
+
+        def rank(i: int) -> tuple:
+            cell = nb.cells[i]
+            return (cell.get("cell_type") == release_cell.get("cell_type"), _role(cell) == _role(release_cell),
+                    cell.get("source") == release_cell.get("source"), i)
+
+        keep = max(found, key=rank)
+        for i in found:
+            if i != keep:
+                strays[i] = f"another copy of {gid!r}, which cell {keep + 1} keeps"
+    for i in strays:
+        del nb.cells[i].metadata["nbgrader"]
+    if not strays:
+        return []
+    listed = "; ".join(f"cell {i + 1} ({why})" for i, why in sorted(strays.items()))
+    return [f"grading ignored the nbgrader metadata of {listed}: they ran as plain cells"]
 
 
 def _restore_tests(nb, release) -> list[str]:
