@@ -19,13 +19,14 @@ Loaded by ``autograder/nbgrader_config.py`` (which puts this directory on
 
 from __future__ import annotations
 
+import json
 from queue import Empty
 from time import monotonic
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
 from nbformat.v4 import new_output
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
 #: ``ename`` of the error output put on the cell during which the kernel died.
@@ -128,3 +129,83 @@ class CourseExecute(Execute):
             run_sync(self.km.shutdown_kernel)(now=True)
         except Exception:  # already gone
             pass
+
+
+class LimitOutputBytes(NbGraderPreprocessor):
+    """Cap the bytes of every code cell's outputs (see the module docstring).
+
+    Text (streams, ``text/*`` data, tracebacks) keeps its start up to the budget, then
+    ``[... N bytes cut]``; other data (images, HTML, JSON) that does not fit is replaced by
+    such a marker.  Error outputs always keep their name and a short message, so a cut never
+    turns a failed test into a passing one."""
+
+    max_bytes = Integer(
+        100_000,
+        help="Most bytes of output kept per code cell (-1: no limit).",
+    ).tag(config=True)
+
+    #: what an error output keeps even when the cell's budget is spent
+    error_floor = 2_000
+
+    def preprocess_cell(self, cell, resources, index):
+        if self.max_bytes < 0 or cell.get("cell_type") != "code":
+            return cell, resources
+        left = self.max_bytes
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "stream":
+                head, cut, left = _cut(out.get("text", ""), left)
+                if cut:
+                    out["text"] = _marked(head, cut) + "\n"
+            elif kind in ("display_data", "execute_result"):
+                left = _cut_data(out, left)
+            elif kind == "error":
+                budget = max(left, self.error_floor)
+                head, cut, budget = _cut(out.get("evalue", ""), budget)
+                if cut:
+                    out["evalue"] = _marked(head, cut)
+                head, cut, budget = _cut("\n".join(out.get("traceback", [])), budget)
+                if cut:
+                    out["traceback"] = _marked(head, cut).split("\n")
+                left = min(left, budget)
+        return cell, resources
+
+
+def _as_text(value) -> str:
+    return "".join(value) if isinstance(value, list) else value
+
+
+def _cut(value, budget: int) -> tuple[str, int, int]:
+    """``value`` (str or list of str) cut to ``budget`` UTF-8 bytes: (the start kept, bytes cut,
+    budget left)."""
+    text = _as_text(value)
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= budget:
+        return text, 0, budget - len(data)
+    head = data[: max(budget, 0)].decode("utf-8", errors="ignore")
+    return head, len(data) - len(head.encode("utf-8")), 0
+
+
+def _marked(head: str, cut: int) -> str:
+    return f"{head}{'' if not head or head.endswith(chr(10)) else chr(10)}[... {cut} bytes cut]"
+
+
+def _cut_data(out, budget: int) -> int:
+    """Cut a display_data / execute_result output to ``budget`` bytes; returns the budget left.
+    Text that does not fit keeps its start; other data that does not fit is dropped."""
+    data = out.get("data", {})
+    cut = 0
+    for mime in sorted(data, key=lambda m: m != "text/plain"):  # the plain text first
+        value = data[mime]
+        if mime == "text/plain":
+            data[mime], cut, budget = _cut(value, budget)
+            continue
+        size = len((_as_text(value) if isinstance(value, (str, list)) else json.dumps(value)).encode("utf-8"))
+        if size <= budget:
+            budget -= size
+        else:
+            del data[mime]
+            cut += size
+    if cut:
+        data["text/plain"] = _marked(data.get("text/plain", ""), cut)
+    return budget
