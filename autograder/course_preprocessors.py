@@ -14,7 +14,16 @@ Loaded by ``autograder/nbgrader_config.py`` (which puts this directory on
     every later code cell as not executed (an error output, so later test cells
     score zero instead of full marks for having no output), and lets nbgrader
     carry on: the cells that ran before keep their credit and feedback is
-    produced.
+    produced.  ``exit()`` / ``quit()`` shut the kernel down a moment *after*
+    their cell finished, so the death shows up in some later cell: the error
+    then names the cell that called it (``KernelExitedError`` on that cell;
+    the later cells are marked not executed).
+
+``LimitOutputBytes``
+    nbgrader's ``LimitOutput`` caps the number of lines only, so a single line
+    of 200 MiB would be stored whole in the graded notebook and again in the
+    feedback page.  This caps the bytes of each code cell's outputs, keeping
+    the start of the text and a ``[... N bytes cut]`` marker.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ NOT_EXECUTED = "NotExecutedError"
 OUTPUT_LOST = "OutputTimeoutError"
 #: ``ename`` put on a timed-out cell whose kernel ignored the interrupt.
 KERNEL_STUCK = "KernelUnresponsiveError"
+#: ``ename`` put on the cell whose ``exit()`` / ``quit()`` shut the kernel down.
+KERNEL_EXITED = "KernelExitedError"
 
 
 def _error(ename: str, evalue: str):
@@ -63,7 +74,14 @@ class CourseExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._died_in = None  # label of the cell where the kernel died or got stuck
+        self._exit_asked = None  # (index, cell) of the last cell that called exit() / quit()
         return super().preprocess(nb, resources, km)
+
+    def on_cell_executed(self, **kwargs):
+        super().on_cell_executed(**kwargs)
+        payload = (kwargs.get("execute_reply") or {}).get("content", {}).get("payload") or []
+        if any(p.get("source") == "ask_exit" and not p.get("keepkernel") for p in payload):
+            self._exit_asked = (kwargs["cell_index"], kwargs["cell"])
 
     async def _async_responds(self, seconds: float) -> bool:
         """Whether the kernel answers a kernel_info request (queued behind any running code)."""
@@ -91,6 +109,18 @@ class CourseExecute(Execute):
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
+            if getattr(self, "_exit_asked", None) is not None:
+                # exit() returned normally and the kernel went away between cells: blame its cell
+                at, exited = self._exit_asked
+                self._died_in = _label(exited, at)
+                self.log.error("%s called exit(); the kernel shut down, later cells are marked not executed",
+                               self._died_in)
+                exited.outputs.append(_error(
+                    KERNEL_EXITED, "this cell called exit() or quit(), which shut the kernel down; "
+                                   "later cells were not executed"))
+                cell.outputs = [_error(NOT_EXECUTED, f"not executed: the kernel was lost earlier, in {self._died_in}")]
+                cell.execution_count = None
+                return cell, resources
             self._died_in = _label(cell, index)
             self.log.error("The kernel died while executing %s; later cells are marked not executed",
                            self._died_in)
