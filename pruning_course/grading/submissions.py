@@ -314,6 +314,12 @@ def _role(cell) -> tuple:
     return cell.get("cell_type"), bool(m.get("grade")), bool(m.get("solution"))
 
 
+def _likeness(cell, release_cell) -> tuple[bool, bool, bool]:
+    """How well a submitted copy of a grade id matches the release's cell (compared as a tuple)."""
+    return (cell.get("cell_type") == release_cell.get("cell_type"), _role(cell) == _role(release_cell),
+            cell.get("source") == release_cell.get("source"))
+
+
 def _strip_stray_grade_ids(nb, release) -> list[str]:
     """Leave each of the release's grade ids on one cell; returns what was done, as notes.
 
@@ -340,14 +346,7 @@ def _strip_stray_grade_ids(nb, release) -> list[str]:
     for gid, found in copies.items():
         if len(found) == 1:
             continue
-        release_cell = expected[gid]
-
-        def rank(i: int) -> tuple:
-            cell = nb.cells[i]
-            return (cell.get("cell_type") == release_cell.get("cell_type"), _role(cell) == _role(release_cell),
-                    cell.get("source") == release_cell.get("source"), i)
-
-        keep = max(found, key=rank)
+        keep = max(found, key=lambda i: _likeness(nb.cells[i], expected[gid]) + (i,))
         for i in found:
             if i != keep:
                 strays[i] = f"another copy of {gid!r}, which cell {keep + 1} keeps"
