@@ -26,6 +26,17 @@ Loaded by ``autograder/nbgrader_config.py`` (which puts this directory on
     which nbgrader then scores. Each kernel talks over IPC sockets in a
     private folder of its own (the sandbox mounts only that folder writable:
     :mod:`pruning_course.grading.sandbox`).
+
+    ``exit()`` / ``quit()`` shut the kernel down a moment *after* their cell
+    finished, so the death shows up in some later cell: the error then names
+    the cell that called it (``KernelExitedError`` on that cell; the later
+    cells are marked not executed).
+
+``LimitOutputBytes``
+    nbgrader's ``LimitOutput`` caps the number of lines only, so a single line
+    of 200 MiB would be stored whole in the graded notebook and again in the
+    feedback page.  This caps the bytes of each code cell's outputs, keeping
+    the start of the text and a ``[... N bytes cut]`` marker.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import json
 import shutil
 import tempfile
 import traceback
@@ -43,7 +55,7 @@ from time import monotonic
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
 from nbformat.v4 import new_output
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
 #: ``ename`` of the error output put on the cell during which the kernel died.
@@ -54,6 +66,8 @@ NOT_EXECUTED = "NotExecutedError"
 OUTPUT_LOST = "OutputTimeoutError"
 #: ``ename`` put on a timed-out cell whose kernel ignored the interrupt.
 KERNEL_STUCK = "KernelUnresponsiveError"
+#: ``ename`` put on the cell whose ``exit()`` / ``quit()`` shut the kernel down.
+KERNEL_EXITED = "KernelExitedError"
 
 
 def _error(ename: str, evalue: str):
@@ -82,6 +96,7 @@ class CourseExecute(Execute):
         self._died_in = None  # label of the cell where the kernel died or got stuck
         # test cells of exercises answered with the course's own code (set by pruning_course.grading)
         self._void = dict(nb.metadata.get("pruning_course", {}).get("void_tests", {}))
+        self._exit_asked = None  # (index, cell) of the last cell that called exit() / quit()
         self._kernel_dir = Path(tempfile.mkdtemp(prefix="k"))
         try:
             return super().preprocess(nb, resources, km)
@@ -146,6 +161,14 @@ class CourseExecute(Execute):
                 exec(compile(cell.source, f"<test cell {_label(cell, index)}>", "exec"),  # noqa: S102
                      {"__name__": "__main__", "__builtins__": builtins}, local)
         except LearnerGone:
+            if self._exit_asked is not None:  # an earlier cell's exit() shut the kernel down: blame that cell
+                at, exited = self._exit_asked
+                self._died_in = _label(exited, at)
+                exited.outputs.append(_error(KERNEL_EXITED, "this cell called exit() or quit(), which shut the kernel "
+                                                            "down; later cells were not executed"))
+                cell.outputs = [_error(NOT_EXECUTED, f"not executed: the kernel was lost earlier, in {self._died_in}")]
+                cell.execution_count = None
+                return cell
             self._died_in = _label(cell, index)
             error = _error(KERNEL_DIED, "the kernel died while this cell's checks were calling your code (the "
                                         "process crashed, called os._exit or ran out of memory); later cells were "
@@ -171,6 +194,12 @@ class CourseExecute(Execute):
         self.code_cells_executed = getattr(self, "code_cells_executed", 0) + 1
         cell.execution_count = self.code_cells_executed
         return cell
+
+    def on_cell_executed(self, **kwargs):
+        super().on_cell_executed(**kwargs)
+        payload = (kwargs.get("execute_reply") or {}).get("content", {}).get("payload") or []
+        if any(p.get("source") == "ask_exit" and not p.get("keepkernel") for p in payload):
+            self._exit_asked = (kwargs["cell_index"], kwargs["cell"])
 
     async def _async_responds(self, seconds: float) -> bool:
         """Whether the kernel answers a kernel_info request (queued behind any running code)."""
@@ -200,6 +229,18 @@ class CourseExecute(Execute):
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
+            if getattr(self, "_exit_asked", None) is not None:
+                # exit() returned normally and the kernel went away between cells: blame its cell
+                at, exited = self._exit_asked
+                self._died_in = _label(exited, at)
+                self.log.error("%s called exit(); the kernel shut down, later cells are marked not executed",
+                               self._died_in)
+                exited.outputs.append(_error(
+                    KERNEL_EXITED, "this cell called exit() or quit(), which shut the kernel down; "
+                                   "later cells were not executed"))
+                cell.outputs = [_error(NOT_EXECUTED, f"not executed: the kernel was lost earlier, in {self._died_in}")]
+                cell.execution_count = None
+                return cell, resources
             self._died_in = _label(cell, index)
             self.log.error("The kernel died while executing %s; later cells are marked not executed",
                            self._died_in)
@@ -238,3 +279,83 @@ class CourseExecute(Execute):
             run_sync(self.km.shutdown_kernel)(now=True)
         except Exception:  # already gone
             pass
+
+
+class LimitOutputBytes(NbGraderPreprocessor):
+    """Cap the bytes of every code cell's outputs (see the module docstring).
+
+    Text (streams, ``text/*`` data, tracebacks) keeps its start up to the budget, then
+    ``[... N bytes cut]``; other data (images, HTML, JSON) that does not fit is replaced by
+    such a marker.  Error outputs always keep their name and a short message, so a cut never
+    turns a failed test into a passing one."""
+
+    max_bytes = Integer(
+        100_000,
+        help="Most bytes of output kept per code cell (-1: no limit).",
+    ).tag(config=True)
+
+    #: what an error output keeps even when the cell's budget is spent
+    error_floor = 2_000
+
+    def preprocess_cell(self, cell, resources, index):
+        if self.max_bytes < 0 or cell.get("cell_type") != "code":
+            return cell, resources
+        left = self.max_bytes
+        for out in cell.get("outputs", []):
+            kind = out.get("output_type")
+            if kind == "stream":
+                head, cut, left = _cut(out.get("text", ""), left)
+                if cut:
+                    out["text"] = _marked(head, cut) + "\n"
+            elif kind in ("display_data", "execute_result"):
+                left = _cut_data(out, left)
+            elif kind == "error":
+                budget = max(left, self.error_floor)
+                head, cut, budget = _cut(out.get("evalue", ""), budget)
+                if cut:
+                    out["evalue"] = _marked(head, cut)
+                head, cut, budget = _cut("\n".join(out.get("traceback", [])), budget)
+                if cut:
+                    out["traceback"] = _marked(head, cut).split("\n")
+                left = min(left, budget)
+        return cell, resources
+
+
+def _as_text(value) -> str:
+    return "".join(value) if isinstance(value, list) else value
+
+
+def _cut(value, budget: int) -> tuple[str, int, int]:
+    """``value`` (str or list of str) cut to ``budget`` UTF-8 bytes: (the start kept, bytes cut,
+    budget left)."""
+    text = _as_text(value)
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= budget:
+        return text, 0, budget - len(data)
+    head = data[: max(budget, 0)].decode("utf-8", errors="ignore")
+    return head, len(data) - len(head.encode("utf-8")), 0
+
+
+def _marked(head: str, cut: int) -> str:
+    return f"{head}{'' if not head or head.endswith(chr(10)) else chr(10)}[... {cut} bytes cut]"
+
+
+def _cut_data(out, budget: int) -> int:
+    """Cut a display_data / execute_result output to ``budget`` bytes; returns the budget left.
+    Text that does not fit keeps its start; other data that does not fit is dropped."""
+    data = out.get("data", {})
+    cut = 0
+    for mime in sorted(data, key=lambda m: m != "text/plain"):  # the plain text first
+        value = data[mime]
+        if mime == "text/plain":
+            data[mime], cut, budget = _cut(value, budget)
+            continue
+        size = len((_as_text(value) if isinstance(value, (str, list)) else json.dumps(value)).encode("utf-8"))
+        if size <= budget:
+            budget -= size
+        else:
+            del data[mime]
+            cut += size
+    if cut:
+        data["text/plain"] = _marked(data.get("text/plain", ""), cut)
+    return budget

@@ -23,6 +23,8 @@ Policy decided here:
 * Test cells deleted by a student are put back (``add_missing_cells``).
   ``pruning_course.grading`` restores them itself before nbgrader sees the
   submission; this setting is the fallback for plain ``nbgrader autograde``.
+* Outputs kept in graded notebooks and feedback are capped: 1000 lines
+  (``LimitOutput``) and 100 kB per cell (``LimitOutputBytes``).
 * Nothing on stderr costs points (``IgnorePattern`` drops every stderr
   stream before scoring): nbgrader would otherwise score any test cell that
   prints to stderr -- a torch/transformers warning, a tqdm bar, a logging
@@ -72,6 +74,7 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
+    "course_preprocessors.LimitOutputBytes",     # LimitOutput counts lines, not bytes
     "nbgrader.preprocessors.SaveAutoGrades",
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
@@ -87,6 +90,9 @@ c.OverwriteCells.missing_cell_notification = (
 
 c.LimitOutput.max_lines = 1000
 c.LimitOutput.max_traceback = 100
+# and bytes: one line of 200 MiB would otherwise be kept whole in the graded
+# notebook and in the feedback page (the start is kept, then "[... N bytes cut]")
+c.LimitOutputBytes.max_bytes = 100_000
 
 # Feedback shows the autograded notebook, hidden tests included (nbgrader's
 # default).  To hide their source from students, uncomment:

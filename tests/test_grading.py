@@ -327,7 +327,7 @@ def test_zip_regrade_and_wall_clock_limit(batch, course, tmp_path):
     assert (rows["ivan"]["score"], rows["ivan"]["status"]) == ("0", "error")
     status = json.loads((out / "grading_status.json").read_text())
     assert status[f"heidi/{A}/{NB}"]["submitted"] == f"export/heidi_{NB}-1.ipynb"
-    assert (out / "gradebook.db.bak").is_file()
+    assert len(list((out / "backups").glob("gradebook-*.db"))) == 1  # the gradebook before this run
     assert [name for name, _ in report.skipped] == [f"../escape_{NB}.ipynb"]
     # the kernel was killed along with its worker
     deadline = time.time() + 10
@@ -377,7 +377,10 @@ def test_discover_submission_layouts(tmp_path):
     assert found["gus", "02_wanda", "02_wanda"].origin == "gus_02_wanda.ipynb"
     assert "ignored gus/02_wanda.ipynb" in found["gus", "02_wanda", "02_wanda"].notes[0]
     assert "normalised" in found["Jane_Doe_123_assignsubmission_file", "01_why_pruning", "01_why_pruning"].notes[0]
-    assert sorted(name for name, _ in skipped) == ["01_why_pruning/01_why_pruning.ipynb", "frank/notes.ipynb"]
+    assert sorted(name for name, _ in skipped) == ["01_why_pruning/01_why_pruning.ipynb",
+                                                   "frank/.ipynb_checkpoints/02_wanda-checkpoint.ipynb",
+                                                   "frank/notes.ipynb"]
+    assert "Jupyter's autosave copies" in dict(skipped)["frank/.ipynb_checkpoints/02_wanda-checkpoint.ipynb"]
 
 
 def test_restore_tests_when_the_preceding_cell_is_gone_too(course):

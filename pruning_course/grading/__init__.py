@@ -32,19 +32,33 @@ above these are fine, files other than ``.ipynb`` are ignored):
                                                trailing ``-2`` / `` (2)`` is ignored (Canvas,
                                                browser re-downloads)
 
-Student ids are the folder name or file-name prefix, with characters other than letters,
-digits and ``._@+-`` replaced by ``_``.  If one student has several files for one notebook,
-the newest is graded and the others are named in the reason.
+Student ids are the folder name or file-name prefix, NFC-normalised, with characters other
+than letters and digits of any script and ``._@+-`` replaced by ``_`` (``张伟``, ``José`` and
+``Josè`` are three students); when that still makes two different names one id, each name that
+was changed gets ``-`` and a short hash of the name, and the reason says so.  If one student
+has several files for one notebook, the newest is graded and the others are named in the reason.
+Symbolic links are never followed, and notebooks in hidden or system folders (``.*``,
+``feedback``, ``.ipynb_checkpoints``, ``__MACOSX``) are not graded: both are listed in
+``skipped.csv``, as is a zip member that is damaged (fails its CRC); the rest is graded.
+
+A submitted notebook is cleaned before nbgrader sees it: outputs cleared, each grade id left on
+one cell (a duplicated or pasted-in nbgrader cell, or one with a grade id the notebook does not
+have, loses its nbgrader metadata and runs as a plain cell; the reason names it), deleted test
+cells put back.  Outputs kept in the graded notebook and feedback are capped at 1000 lines and
+100 kB per cell (the rest is replaced by ``[... N bytes cut]``).
 
 :func:`grade` writes into ``out_dir`` (safe to re-run; earlier students are kept):
 
     grades.csv                 student, assignment, notebook, score, max_score, status, reason
     gradebook.db               the nbgrader gradebook (every grade ever recorded here)
+    backups/gradebook-YYYYmmdd-HHMMSS.db   the gradebook as it was before each run: the newest
+                               20 are kept, and an older one is deleted only when every grade
+                               in it is also in the gradebook or a kept backup
     feedback/<student>/<assignment>/<notebook>.html   nbgrader feedback + a grading-notes box
     autograded/<student>/<assignment>/<notebook>.ipynb  the executed notebooks
     logs/<student>/<assignment>.log                   nbgrader's log of the run
     grading_status.json        status and reason of every graded notebook
-    skipped.csv                files of the last run that could not be matched to a student
+    skipped.csv                notebooks of the last run that were not graded, and why
 
 Statuses (most severe first): ``error`` (grading itself failed; scored as the unmodified
 student version, i.e. zero), ``invalid`` (not a readable notebook; zero), ``tampering`` (the
@@ -52,7 +66,7 @@ code tries to reach the grading machinery; graded as usual, the reason says what
 ``reference_answer`` (an exercise answered with the course's own implementation; its test
 cells score zero), ``missing`` (a
 notebook of the assignment was not submitted; zero), ``kernel_died`` (the cells from the
-crash on score zero), ``timeout`` (a cell hit the per-cell timeout and scored zero),
+crash on score zero; an ``exit()`` is blamed on the cell that called it), ``timeout`` (a cell hit the per-cell timeout and scored zero),
 ``cells_restored`` (deleted test cells were put back and graded), ``graded``.
 
 Modules: ``reports`` (constants, errors, result types), ``notebooks`` (course catalogue, notebook

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,7 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
     with _out_dir_lock(out), Course(catalog, db_path, timeout=timeout, quick=quick, config=config,
                                           sandbox=sandbox) as course:
         if db_path.exists():
-            shutil.copyfile(db_path, out / "gradebook.db.bak")
+            backup_gradebook(db_path, out / "backups")
         src = Path(submissions).resolve()
         if not src.exists():
             raise GradingError(f"submissions not found: {src}")
@@ -235,12 +236,14 @@ def _prepare_job(course: Course, job: _Job) -> None:
         if nb not in job.submitted:
             job.note(nb, "missing", "this notebook was not submitted")
             continue
-        prepared, unreadable, restored = prepare_submission(job.submitted[nb].path, release)
+        prepared, unreadable, restored, notes = prepare_submission(job.submitted[nb].path, release)
         if prepared is None:
             job.note(nb, "invalid", f"{unreadable}; it was graded as the unmodified student version (zero)")
             prepared = release
         elif restored:
             job.note(nb, "cells_restored", f"deleted test cell(s) {', '.join(restored)} were put back and graded")
+        for text in notes:
+            job.note(nb, None, text)
         if prepared is not release:
             _read_code(job, nb, prepared, release)
         job.code_cells += sum(c.cell_type == "code" for c in prepared.cells)
@@ -347,6 +350,54 @@ def _notes_box(student, nb, score, max_score, status, reason) -> str:
 # ---------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------
+
+
+#: gradebook backups always kept (the newest); older ones go only when no grade is lost
+BACKUPS_KEPT = 20
+_BACKUP_NAME = re.compile(r"gradebook-(\d{8}-\d{6})(?:-(\d+))?\.db")
+
+
+def backup_gradebook(db_path: Path, folder: Path, keep: int = BACKUPS_KEPT) -> Path:
+    """Copy the gradebook to ``folder/gradebook-YYYYmmdd-HHMMSS.db`` before a run changes it.
+
+    The newest ``keep`` backups stay; an older one is deleted only when every grade in it (each
+    cell's automatic and manual score and extra credit, per student and notebook) is also in the
+    gradebook or in a backup that stays -- so no grade ever recorded is lost, however many runs
+    replace it.  A backup that cannot be read is never deleted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = folder / f"gradebook-{stamp}.db", 1
+    while target.exists():
+        target, n = folder / f"gradebook-{stamp}-{n}.db", n + 1
+    shutil.copyfile(db_path, target)
+    backups = sorted((m.group(1), int(m.group(2) or 0), p) for p in folder.iterdir()
+                     if (m := _BACKUP_NAME.fullmatch(p.name)))
+    paths = [p for *_, p in backups]
+    kept = _grade_rows(db_path) or set()
+    for p in paths[-keep:]:
+        kept |= _grade_rows(p) or set()
+    for p in reversed(paths[:-keep]):  # newest first: what it holds protects the older ones
+        rows = _grade_rows(p)
+        if rows is not None and rows <= kept:
+            p.unlink()
+        else:
+            kept |= rows or set()
+    return target
+
+
+def _grade_rows(db: Path) -> set[tuple] | None:
+    """Every grade in an nbgrader gradebook as ``(student, assignment, notebook, cell, auto,
+    manual, extra credit)``, or None when the file cannot be read as one."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            return set(con.execute(
+                "SELECT sa.student_id, a.name, n.name, c.name, g.auto_score, g.manual_score, g.extra_credit "
+                "FROM grade g JOIN submitted_notebook sn ON g.notebook_id = sn.id "
+                "JOIN submitted_assignment sa ON sn.assignment_id = sa.id "
+                "JOIN assignment a ON sa.assignment_id = a.id JOIN notebook n ON sn.notebook_id = n.id "
+                "JOIN base_cell c ON g.cell_id = c.id"))
+    except sqlite3.Error:
+        return None
 
 
 def _status_key(student: str, a: str, nb: str) -> str:

@@ -134,6 +134,7 @@ _RUN_ERRORS = {
     "CellTimeoutError": "timed out",
     "KernelUnresponsiveError": "timed out and the kernel ignored the interrupt",
     "KernelDiedError": "the kernel died in this cell",
+    "KernelExitedError": "it called exit(), which shut the kernel down",
     "NotExecutedError": "not executed (the kernel was lost earlier)",
     "OutputTimeoutError": "its output did not arrive in time",
 }
@@ -175,6 +176,9 @@ def run_flags(path: Path) -> list[str]:
                 flags.append(f"timeout: {where} did not finish within the time limit and was interrupted")
             elif o.get("ename") == "KernelDiedError":
                 flags.append(f"kernel_died: the kernel died in {where}; the cells after it were not executed")
+            elif o.get("ename") == "KernelExitedError":  # the death showed in a later cell; this one exited
+                flags.append(f"kernel_died: {where} called exit() or quit(), which shut the kernel down; "
+                             "the cells it had not reached by then were not executed")
             elif o.get("ename") == "KernelUnresponsiveError":
                 flags.append(f"timeout: {where} did not finish within the time limit and its kernel ignored "
                              "the interrupt, so it was shut down; the cells after it were not executed")
