@@ -28,6 +28,7 @@ mistake the learner's result matches.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import math
 from collections.abc import Callable, Sequence
 
@@ -139,6 +140,25 @@ def _changed_blocks(model: nn.Module, adapter, original: dict[str, torch.Tensor]
     return changed
 
 
+@dataclass
+class CountingEvaluator:
+    """The ``evaluate(model) -> perplexity`` handed to the learner's scan, counting its calls. A plain
+    object rather than a closure, so that it travels to the learner's process with the call
+    (:mod:`pruning_course.grading.remote`) and comes back with its count."""
+
+    ids: torch.Tensor
+    seqlen: int
+    where: str
+    calls: int = 0
+
+    def __call__(self, m: nn.Module) -> float:
+        if not isinstance(m, nn.Module):
+            fail(f"{self.where}: evaluate(model) takes the model and returns its perplexity; you passed "
+                 f"{type(m).__name__}")
+        self.calls += 1
+        return perplexity(m, self.ids, self.seqlen, progress=False).ppl
+
+
 def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed: int) -> None:
     model = tiny_random_model(family, seed=seed, num_blocks=num_blocks)
     adapter = adapter_for(model)
@@ -154,17 +174,9 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
     reference = torch.tensor([s.delta_ppl for s in scan], dtype=torch.float64)
     original = {name: weight_matrix(m).detach().clone() for name, m in adapter.named_linears(model).items()}
 
-    calls = []
-
-    def counted(m: nn.Module) -> float:
-        if not isinstance(m, nn.Module):
-            fail(f"{where}: evaluate(model) takes the model and returns its perplexity; you passed "
-                 f"{type(m).__name__}")
-        calls.append(1)
-        return evaluate(m)
-
+    counted = CountingEvaluator(ids, SCAN_SEQLEN, where)
     result = call(fn, model, adapter, counted, sparsity, name="sensitivity_scan")
-    if not calls:
+    if not counted.calls:
         fail(f"{where}: sensitivity_scan never called evaluate(model): measure the dense model once, then the model "
              "with each block pruned")
     values = _numbers(result, num_blocks, where, "sensitivity_scan", "the perplexity increase of each decoder block")

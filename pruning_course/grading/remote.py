@@ -175,7 +175,23 @@ class RemoteFunction:
         self._learner, self.__name__, self.__qualname__ = learner, name, name
 
     def __call__(self, *args, **kwargs):
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return self._differentiable_call(args, kwargs)
         return self._learner.call(self.__name__, args, kwargs)
+
+    def _differentiable_call(self, args: tuple, kwargs: dict):
+        """Call with inputs that require grad: the result carries a backward that asks the kernel
+        for the gradients (of the learner's own graph there), so a check can differentiate it."""
+        needs = [isinstance(a, torch.Tensor) and a.requires_grad for a in args]
+        reply = self._learner.request({"op": "forward", "name": self.__name__, "args": tuple(
+            a.detach() if isinstance(a, torch.Tensor) else a for a in args), "kwargs": kwargs,
+            "needs_grad": needs, "call": True})
+        if reply[0] == "raised":
+            raise _learner_exception(reply[1], reply[2])
+        token, out, differentiable = reply
+        if not differentiable:
+            return out  # the learner's result does not depend on the inputs through autograd
+        return _KernelGraph.apply(self._learner, token, out, *args)
 
     def __repr__(self) -> str:
         return f"<learner's {self.__name__}>"
@@ -198,6 +214,22 @@ def remote_autograd_function(learner: Learner, name: str) -> type:
         return tuple(reply[1])
 
     return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+class _KernelGraph(torch.autograd.Function):
+    """An output computed in the kernel, with a backward that the kernel computes too."""
+
+    @staticmethod
+    def forward(ctx, learner, token, out, *inputs):
+        ctx.learner, ctx.token, ctx.count = learner, token, len(inputs)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        reply = ctx.learner.request({"op": "backward", "token": ctx.token, "grads": (grad,)})
+        if reply[0] == "raised":
+            raise _learner_exception(reply[1], reply[2])
+        return (None, None, None, *reply[1])
 
 
 class LearnerNamespace(dict):
@@ -229,6 +261,10 @@ def _importable_here(module: str) -> bool:
 
 def _learner_exception(type_name: str, message: str) -> BaseException:
     """The learner's exception, re-created in the grader: a builtin type when it is one, else one of that name."""
+    if type_name == "CheckFailed":  # a check's own helper, called by the learner's code, failed in the kernel
+        from ..checks import CheckFailed
+
+        return CheckFailed(message)
     builtin = getattr(builtins, type_name, None)
     if isinstance(builtin, type) and issubclass(builtin, Exception) and not issubclass(builtin, OSError):
         try:
@@ -245,6 +281,8 @@ def _update_in_place(original: Any, new: Any, kept: dict) -> None:
         return
     kept[id(new)] = original
     if isinstance(original, torch.Tensor) and isinstance(new, torch.Tensor):
+        if original.layout != torch.strided or new.layout != torch.strided:
+            return  # a sparse tensor cannot be changed in place: nothing to bring back
         with torch.no_grad():
             if original.shape == new.shape and original.dtype == new.dtype:
                 if not torch.equal(original, new):
@@ -255,6 +293,8 @@ def _update_in_place(original: Any, new: Any, kept: dict) -> None:
         _sync_module(original, new, kept)
     elif isinstance(original, list) and isinstance(new, list):
         original[:] = new
+    elif type(original) is type(new) and dataclasses.is_dataclass(original):  # a check's callable, e.g. a counter
+        original.__dict__.update(new.__dict__)
     elif isinstance(original, dict) and isinstance(new, dict):
         original.clear()
         original.update(new)
@@ -396,12 +436,15 @@ def _carry_out(message: dict, namespace: dict):
     if op == "call":
         args, kwargs = message["args"], message["kwargs"]
         return ("ok", obj(*args, **kwargs), args, kwargs)
-    if op == "forward":
+    if op == "forward":  # keep the graph for a later "backward"
         inputs = [x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and need else x
                   for x, need in zip(message["args"], message["needs_grad"])]
         with torch.enable_grad():
-            out = obj.apply(*inputs)
+            out = obj(*inputs, **message.get("kwargs", {})) if message.get("call") else obj.apply(*inputs)
         token = secrets.token_hex(8)
-        _GRAPHS[token] = (inputs, out)
-        return (token, out.detach() if isinstance(out, torch.Tensor) else out)
+        differentiable = isinstance(out, torch.Tensor) and out.requires_grad
+        if differentiable:
+            _GRAPHS[token] = (inputs, out)
+        detached = out.detach() if isinstance(out, torch.Tensor) else out
+        return (token, detached, differentiable) if message.get("call") else (token, detached)
     raise ValueError(f"unknown request {op!r}")

@@ -54,7 +54,7 @@ class Limits:
     memory_gb: float = 12.0      # address space of each process (RLIMIT_AS)
     cpu_seconds: int = 6 * 3600  # CPU time of each process (RLIMIT_CPU)
     file_gb: float = 2.0         # the largest file it may write (RLIMIT_FSIZE)
-    processes: int = 512         # processes and threads of the sandbox's user (RLIMIT_NPROC)
+    processes: int = 4096        # processes and threads of the real user, all of them (RLIMIT_NPROC): a fork-bomb guard
 
     def argv(self) -> list[str]:
         return ["--memory-gb", str(self.memory_gb), "--cpu-seconds", str(self.cpu_seconds),

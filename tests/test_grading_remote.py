@@ -1,0 +1,113 @@
+"""Checks across the process boundary (pruning_course.grading.remote), against a real ipykernel:
+the verdict is computed in this process, the learner's code runs in the kernel, and what comes
+back is unpickled weights-only."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ipykernel")
+jupyter_client = pytest.importorskip("jupyter_client")
+
+from pruning_course.checks import CheckFailed  # noqa: E402
+from pruning_course.grading.remote import Learner, LearnerError, LearnerNamespace, safe_load  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("k")
+    km = jupyter_client.KernelManager(transport="ipc", ip=str(folder / "ipc"), connection_file=str(folder / "c.json"))
+    km.start_kernel(env={**os.environ, "JPY_PARENT_PID": ""})
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+
+    def run(code: str, timeout: float = 60) -> str:
+        printed = []
+        reply = kc.execute_interactive(code, timeout=timeout, store_history=False, output_hook=lambda m: printed.append(
+            m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return "".join(printed)
+
+    yield run, folder
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def judge(kernel, test_source: str) -> str:
+    """Run a test cell's source here, its free names standing for the kernel's objects; returns what it printed."""
+    run, folder = kernel
+    learner = Learner(run, folder / "exchange", timeout=60)
+    import contextlib
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(test_source, "<test cell>", "exec"), {"__builtins__": __builtins__}, LearnerNamespace(learner))
+    return printed.getvalue()
+
+
+def test_a_correct_learner_function_passes_and_a_wrong_one_is_named(kernel):
+    run, _ = kernel
+    run("import torch\n"
+        "def wanda_scores(W, act_sq):\n    return W.abs() * act_sq.sqrt()\n"
+        "def wrong_scores(W, act_sq):\n    return W.abs()\n")
+    assert "\u2713" in judge(kernel, "from pruning_course.checks.wanda import check_wanda_scores\n"
+                                     "check_wanda_scores(wanda_scores)")
+    with pytest.raises(CheckFailed):
+        judge(kernel, "from pruning_course.checks.wanda import check_wanda_scores\ncheck_wanda_scores(wrong_scores)")
+
+
+def test_replacing_the_checks_in_the_kernel_changes_no_verdict(kernel):
+    run, _ = kernel
+    run("import pruning_course.checks.wanda as w, pruning_course.checks as c\n"
+        "w.check_wanda_scores = lambda fn, **kw: print('all good')\n"
+        "c.fail = lambda message: None\n"
+        "def lazy_scores(W, act_sq):\n    return W\n")
+    with pytest.raises(CheckFailed):
+        judge(kernel, "from pruning_course.checks.wanda import check_wanda_scores\ncheck_wanda_scores(lazy_scores)")
+
+
+def test_models_and_gradients_cross_the_boundary(kernel):
+    run, _ = kernel
+    run("def gate_heads(x, gates):\n"
+        "    heads = gates.shape[0]\n"
+        "    shape = x.shape\n"
+        "    return (x.reshape(*shape[:-1], heads, shape[-1] // heads) * gates[:, None]).reshape(shape)\n"
+        "def prunable_linears(model):\n"
+        "    import torch.nn as nn\n"
+        "    from transformers.pytorch_utils import Conv1D\n"
+        "    return [(m, 'weight') for n, m in model.named_modules()\n"
+        "            if isinstance(m, (nn.Linear, Conv1D)) and 'lm_head' not in n and 'project' not in n]\n")
+    judge(kernel, "from pruning_course.checks.heads import check_gate_heads\ncheck_gate_heads(gate_heads)")
+    judge(kernel, "from pruning_course.checks.why_pruning import check_prunable_linears\n"
+                  "check_prunable_linears(prunable_linears)")
+
+
+def test_a_missing_name_is_a_name_error_and_exceptions_keep_their_type(kernel):
+    run, _ = kernel
+    run("def not_done(*args):\n    raise NotImplementedError()\n")
+    with pytest.raises(NameError, match="never_defined"):
+        judge(kernel, "never_defined(1)")
+    with pytest.raises(CheckFailed, match="not implemented yet"):
+        judge(kernel, "from pruning_course.checks.wanda import check_wanda_scores\ncheck_wanda_scores(not_done)")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/pc-remote-pwned",))
+
+
+def test_a_reply_that_names_any_other_global_is_refused_unrun(tmp_path):
+    buffer = io.BytesIO()
+    torch.save(("ok", _Evil(), (), {}), buffer)
+    with pytest.raises(LearnerError, match="does not accept"):
+        safe_load(buffer.getvalue())
+    assert not Path("/tmp/pc-remote-pwned").exists()
+    buffer = io.BytesIO()
+    torch.save(("ok", {"weights": torch.ones(2)}, [1, "a"], {}), buffer)
+    assert safe_load(buffer.getvalue())[1]["weights"].sum() == 2
