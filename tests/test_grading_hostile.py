@@ -28,6 +28,7 @@ from test_grading import ADD, CLIP, MEAN, SOLUTIONS, A, NB, _csv, _put, _variant
 pytestmark = pytest.mark.skipif(sandbox_problem() is not None, reason="bubblewrap is not usable here")
 
 MARKER = "pc-hostile-marker-7f3a"  # in the control's code: must appear in nobody else's feedback
+BACKGROUND = "pc-hostile-detached-91c2"  # in the command line of the detached process
 
 
 def _attacks(out: Path, subs: Path) -> dict[str, str]:
@@ -59,7 +60,7 @@ shutil.rmtree({str(out / "feedback")!r})
         "detached": f"""
 import subprocess, sys
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(6); "
-                  "open({str(out / 'grades.csv')!r}, 'a').write('detached,{A},{NB},4,4,graded,\\\\n')  # {MARKER}-bg"],
+                  "open({str(out / 'grades.csv')!r}, 'a').write('detached,{A},{NB},4,4,graded,\\\\n')  # {BACKGROUND}"],
                  start_new_session=True)
 """,
         "spy": f"""
@@ -145,7 +146,7 @@ def test_no_file_outside_the_students_space_was_changed(hostile):
 def test_a_detached_process_dies_with_its_kernel(hostile):
     assert (hostile["out"] / "grades.csv").read_text() == hostile["csv_after_grade"]
     psutil = pytest.importorskip("psutil")
-    alive = [p for p in psutil.process_iter(["cmdline"]) if f"{MARKER}-bg" in " ".join(p.info["cmdline"] or [])]
+    alive = [p for p in psutil.process_iter(["cmdline"]) if f"{BACKGROUND}" in " ".join(p.info["cmdline"] or [])]
     assert not alive, f"a submission's process outlived its grading: {alive}"
 
 

@@ -94,14 +94,15 @@ def safe_load(data: bytes) -> Any:
             with torch.serialization.safe_globals(list(_ACCEPTED.values())):
                 return torch.load(io.BytesIO(data), weights_only=True)
         except pickle.UnpicklingError as error:
-            found = re.search(r"GLOBAL ([\w.]+)", str(error))
-            obj = acceptable_global(found.group(1)) if found else None
-            if obj is None or found.group(1) in _ACCEPTED:
-                what = found.group(1) if found else "an object the grader does not accept"
+            found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(error))
+            name = (found.group(1) or found.group(2)) if found else None
+            obj = acceptable_global(name) if name else None
+            if obj is None or name in _ACCEPTED:
+                what = name or "an object of a kind the grader does not accept"
                 raise LearnerError(f"your code returned (or left in its arguments) {what}, which the grader does "
                                    "not accept: return tensors, numbers, strings, lists, dicts, or the torch / "
                                    "transformers objects it was given") from None
-            _ACCEPTED[found.group(1)] = obj
+            _ACCEPTED[name] = obj
     raise LearnerError("your code returned an object of too many different classes")
 
 
@@ -156,10 +157,12 @@ class Learner:
         return value  # plain data (a number, a tensor, a list): a copy
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        reply = self.request({"op": "call", "name": name, "args": args, "kwargs": kwargs})
+        sent = tuple(_plain(a) for a in args)
+        reply = self.request({"op": "call", "name": name, "args": sent, "kwargs": kwargs})
         if reply[0] == "raised":
             raise _learner_exception(reply[1], reply[2])
         _, result, new_args, new_kwargs = reply
+        result = _from_wire(result)
         originals = list(args) + list(kwargs.values())
         changed = list(new_args) + [new_kwargs[k] for k in kwargs]
         kept: dict[int, Any] = {}  # id of an object of the reply -> the grader's object it became
@@ -251,6 +254,13 @@ _NOT_IMPORTED = {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkin
 _THIRD_PARTY = {"torch", "numpy", "transformers", "datasets", "datasketch", "pruning_course", "matplotlib", "nbformat"}
 
 
+def _plain(value: Any) -> Any:
+    """What to send for an argument: a ``datasets`` batch or row (a lazy view) goes as a plain dict."""
+    if type(value).__module__.startswith("datasets.formatting"):
+        return dict(value)
+    return value
+
+
 def _importable_here(module: str) -> bool:
     """A module the grader may import itself for a test cell: the standard library or the course's stack."""
     import sys
@@ -277,7 +287,7 @@ def _learner_exception(type_name: str, message: str) -> BaseException:
 def _update_in_place(original: Any, new: Any, kept: dict) -> None:
     """Make the grader's ``original`` argument what the learner's call left it as (``new``);
     ``kept`` maps the ids of the reply's objects to the grader's objects that stand for them."""
-    if original is new:
+    if original is new or (isinstance(new, str) and new == UNCHANGED):
         return
     kept[id(new)] = original
     if isinstance(original, torch.Tensor) and isinstance(new, torch.Tensor):
@@ -357,7 +367,36 @@ def _sync_module(original: torch.nn.Module, new: torch.nn.Module, registry: dict
 # The kernel's side
 # ---------------------------------------------------------------------------------------------
 
+_DATASET = "\x00pruning-course: datasets.Dataset\x00"
+
+
+def _to_wire(value):
+    """A returned ``datasets.Dataset`` travels as its columns (plain lists), not as Arrow objects."""
+    if type(value).__module__.startswith("datasets.") and hasattr(value, "to_dict") and hasattr(value, "features"):
+        return (_DATASET, value.to_dict())
+    return value
+
+
+def _from_wire(value):
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and value[0] == _DATASET:
+        import datasets
+
+        return datasets.Dataset.from_dict(value[1])
+    return value
+
+
 _GRAPHS: dict[str, tuple] = {}
+#: stands in a reply for an argument the learner's call left as it was
+UNCHANGED = "\x00pruning-course: unchanged argument\x00"
+
+
+def _fingerprint(value) -> bytes | None:
+    try:
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        return buffer.getvalue()
+    except Exception:  # noqa: BLE001 - not picklable now: it changed, or cannot come back anyway
+        return None
 
 
 def answer(request_path: str, reply_path: str) -> None:
@@ -435,7 +474,12 @@ def _carry_out(message: dict, namespace: dict):
         return ("value", obj)
     if op == "call":
         args, kwargs = message["args"], message["kwargs"]
-        return ("ok", obj(*args, **kwargs), args, kwargs)
+        before = [_fingerprint(a) for a in (*args, *kwargs.values())]
+        result = obj(*args, **kwargs)
+        # send back only the arguments the call changed (a dataset or tokenizer it only read stays here)
+        args = tuple(UNCHANGED if _fingerprint(a) == b else a for a, b in zip(args, before))
+        kwargs = {k: UNCHANGED if _fingerprint(v) == b else v for (k, v), b in zip(kwargs.items(), before[len(args):])}
+        return ("ok", _to_wire(result), args, kwargs)
     if op == "forward":  # keep the graph for a later "backward"
         inputs = [x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and need else x
                   for x, need in zip(message["args"], message["needs_grad"])]

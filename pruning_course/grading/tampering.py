@@ -124,7 +124,7 @@ def tampering_attempts(cells: list[tuple[int, str, bool]]) -> list[Finding]:
                     found = f"starts a detached process (`{ast.unparse(node.func)}`)"
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
                     f in node.value for f in _GRADER_FILES):
-                found = f"names the grader's files ({node.value[:60]!r})"
+                found = f"names the grader's file {next(f for f in _GRADER_FILES if f in node.value)}"
             if found:
                 findings.append(Finding(position, found, found))
     return _unique(findings)
