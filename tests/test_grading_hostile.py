@@ -156,7 +156,7 @@ def test_nothing_of_another_student_or_the_solutions_reaches_a_feedback_page(hos
     assert "cannot read" in spy  # the attack ran, and found nothing
     for secret in (MARKER, "BEGIN SOLUTION", "return sum(xs) / len(xs)", "early,"):
         for page in (out / "feedback").rglob("*.html"):
-            if page.parent.parent.name != "control":
+            if page.parent.parent.name not in ("control", "early"):  # their own pages name them
                 assert secret not in page.read_text(), f"{secret!r} leaked into {page}"
 
 

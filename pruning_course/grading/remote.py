@@ -162,7 +162,7 @@ class Learner:
         if reply[0] == "raised":
             raise _learner_exception(reply[1], reply[2])
         _, result, new_args, new_kwargs = reply
-        result = _from_wire(result)
+        result = _from_wire(result, args)
         originals = list(args) + list(kwargs.values())
         changed = list(new_args) + [new_kwargs[k] for k in kwargs]
         kept: dict[int, Any] = {}  # id of an object of the reply -> the grader's object it became
@@ -370,18 +370,40 @@ def _sync_module(original: torch.nn.Module, new: torch.nn.Module, registry: dict
 _DATASET = "\x00pruning-course: datasets.Dataset\x00"
 
 
-def _to_wire(value):
-    """A returned ``datasets.Dataset`` travels as its columns (plain lists), not as Arrow objects."""
+_SUBMODULE = "\x00pruning-course: submodule of an argument\x00"
+
+
+def _to_wire(value, inside: dict):
+    """The learner's result as it travels: a ``datasets.Dataset`` as its columns (plain lists),
+    a module of an unchanged argument as a reference to it (``inside``: id -> (argument, name))."""
+    if id(value) in inside:
+        return (_SUBMODULE, *inside[id(value)])
     if type(value).__module__.startswith("datasets.") and hasattr(value, "to_dict") and hasattr(value, "features"):
         return (_DATASET, value.to_dict())
+    if isinstance(value, list):
+        return [_to_wire(v, inside) for v in value]
+    if type(value) is tuple:
+        return tuple(_to_wire(v, inside) for v in value)
+    if type(value) is dict:
+        return {k: _to_wire(v, inside) for k, v in value.items()}
     return value
 
 
-def _from_wire(value):
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and value[0] == _DATASET:
-        import datasets
+def _from_wire(value, args: tuple):
+    if isinstance(value, tuple) and value and isinstance(value[0], str):
+        if value[0] == _DATASET and len(value) == 2:
+            import datasets
 
-        return datasets.Dataset.from_dict(value[1])
+            return datasets.Dataset.from_dict(value[1])
+        if value[0] == _SUBMODULE and len(value) == 3 and isinstance(value[1], int) and 0 <= value[1] < len(args) \
+                and isinstance(args[value[1]], torch.nn.Module) and isinstance(value[2], str):
+            return args[value[1]].get_submodule(value[2])
+    if isinstance(value, list):
+        return [_from_wire(v, args) for v in value]
+    if type(value) is tuple:
+        return tuple(_from_wire(v, args) for v in value)
+    if type(value) is dict:
+        return {k: _from_wire(v, args) for k, v in value.items()}
     return value
 
 
@@ -477,9 +499,14 @@ def _carry_out(message: dict, namespace: dict):
         before = [_fingerprint(a) for a in (*args, *kwargs.values())]
         result = obj(*args, **kwargs)
         # send back only the arguments the call changed (a dataset or tokenizer it only read stays here)
-        args = tuple(UNCHANGED if _fingerprint(a) == b else a for a, b in zip(args, before))
-        kwargs = {k: UNCHANGED if _fingerprint(v) == b else v for (k, v), b in zip(kwargs.items(), before[len(args):])}
-        return ("ok", _to_wire(result), args, kwargs)
+        same = [_fingerprint(a) == b for a, b in zip((*args, *kwargs.values()), before)]
+        # modules of an unchanged argument that the result holds go back as references to it
+        inside = {id(m): (i, name) for i, (a, unchanged) in enumerate(zip(args, same)) if unchanged
+                  and isinstance(a, torch.nn.Module) for name, m in a.named_modules()}
+        result = _to_wire(result, inside)
+        args = tuple(UNCHANGED if unchanged else a for a, unchanged in zip(args, same))
+        kwargs = {k: UNCHANGED if unchanged else v for (k, v), unchanged in zip(kwargs.items(), same[len(args):])}
+        return ("ok", result, args, kwargs)
     if op == "forward":  # keep the graph for a later "backward"
         inputs = [x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and need else x
                   for x, need in zip(message["args"], message["needs_grad"])]
