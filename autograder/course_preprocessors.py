@@ -152,7 +152,7 @@ class CourseExecute(Execute):
             return cell
 
         started = monotonic()
-        learner = Learner(lambda code, timeout: self._run_in_kernel(code, timeout), self._kernel_dir / "exchange",
+        learner = Learner(self._run_in_kernel, self._kernel_dir / "exchange",
                           timeout=lambda: self.timeout - (monotonic() - started))
         local = LearnerNamespace(learner)
         printed, error = io.StringIO(), None

@@ -310,17 +310,24 @@ def _update_in_place(original: Any, new: Any, kept: dict) -> None:
         original.update(new)
 
 
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to it and, through lists, plain tuples and dicts, to
+    everything inside; where ``leaf`` returns its argument itself, the walk goes on inside it."""
+    replaced = leaf(value)
+    if replaced is not value:
+        return replaced
+    if isinstance(value, list):
+        return [_map_leaves(v, leaf) for v in value]
+    if type(value) is tuple:
+        return tuple(_map_leaves(v, leaf) for v in value)
+    if type(value) is dict:
+        return {k: _map_leaves(v, leaf) for k, v in value.items()}
+    return value
+
+
 def _substitute(value: Any, kept: dict) -> Any:
     """``value`` with every object that stands for one of the grader's (``kept``) replaced by it."""
-    if id(value) in kept:
-        return kept[id(value)]
-    if isinstance(value, list):
-        return [_substitute(v, kept) for v in value]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_substitute(v, kept) for v in value)
-    if isinstance(value, dict):
-        return {k: _substitute(v, kept) for k, v in value.items()}
-    return value
+    return _map_leaves(value, lambda v: kept.get(id(v), v))
 
 
 def _sync_module(original: torch.nn.Module, new: torch.nn.Module, registry: dict) -> None:
@@ -376,35 +383,30 @@ _SUBMODULE = "\x00pruning-course: submodule of an argument\x00"
 def _to_wire(value, inside: dict):
     """The learner's result as it travels: a ``datasets.Dataset`` as its columns (plain lists),
     a module of an unchanged argument as a reference to it (``inside``: id -> (argument, name))."""
-    if id(value) in inside:
-        return (_SUBMODULE, *inside[id(value)])
-    if type(value).__module__.startswith("datasets.") and hasattr(value, "to_dict") and hasattr(value, "features"):
-        return (_DATASET, value.to_dict())
-    if isinstance(value, list):
-        return [_to_wire(v, inside) for v in value]
-    if type(value) is tuple:
-        return tuple(_to_wire(v, inside) for v in value)
-    if type(value) is dict:
-        return {k: _to_wire(v, inside) for k, v in value.items()}
-    return value
+    def leaf(v):
+        if id(v) in inside:
+            return (_SUBMODULE, *inside[id(v)])
+        if type(v).__module__.startswith("datasets.") and hasattr(v, "to_dict") and hasattr(v, "features"):
+            return (_DATASET, v.to_dict())
+        return v
+
+    return _map_leaves(value, leaf)
 
 
 def _from_wire(value, args: tuple):
-    if isinstance(value, tuple) and value and isinstance(value[0], str):
-        if value[0] == _DATASET and len(value) == 2:
-            import datasets
+    """The grader's objects back from :func:`_to_wire`'s forms (``args``: the call's own arguments)."""
+    def leaf(v):
+        if isinstance(v, tuple) and v and isinstance(v[0], str):
+            if v[0] == _DATASET and len(v) == 2:
+                import datasets
 
-            return datasets.Dataset.from_dict(value[1])
-        if value[0] == _SUBMODULE and len(value) == 3 and isinstance(value[1], int) and 0 <= value[1] < len(args) \
-                and isinstance(args[value[1]], torch.nn.Module) and isinstance(value[2], str):
-            return args[value[1]].get_submodule(value[2])
-    if isinstance(value, list):
-        return [_from_wire(v, args) for v in value]
-    if type(value) is tuple:
-        return tuple(_from_wire(v, args) for v in value)
-    if type(value) is dict:
-        return {k: _from_wire(v, args) for k, v in value.items()}
-    return value
+                return datasets.Dataset.from_dict(v[1])
+            if v[0] == _SUBMODULE and len(v) == 3 and isinstance(v[1], int) and 0 <= v[1] < len(args) \
+                    and isinstance(args[v[1]], torch.nn.Module) and isinstance(v[2], str):
+                return args[v[1]].get_submodule(v[2])
+        return v
+
+    return _map_leaves(value, leaf)
 
 
 _GRAPHS: dict[str, tuple] = {}

@@ -59,20 +59,14 @@ def reference_answers(cells: list[tuple[int, str, bool]], exercises: set[str]) -
         tree = _parse(source)
         if tree is None:
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.split(".")[0] == "pruning_course":
-                        package_names.add((alias.asname or alias.name).split(".")[0])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pruning_course":
-                for alias in node.names:
-                    bound = alias.asname or alias.name
-                    package_names.add(bound)
-                    if bound in exercises and editable:
+        package_names |= _package_bindings(tree)
+        for node in ast.walk(tree) if editable else ():
+            if isinstance(node, ast.ImportFrom) and _is_package(node.module):
+                for bound in (alias.asname or alias.name for alias in node.names):
+                    if bound in exercises:
                         findings.append(Finding(position, bound, f"`{bound}` is imported from the course package "
                                                 f"({node.module}), not written: that exercise earns no points"))
-        for node in ast.walk(tree) if editable else ():
-            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
                     if isinstance(target, ast.Name) and target.id in exercises and node.value is not None \
@@ -97,11 +91,7 @@ def tampering_attempts(cells: list[tuple[int, str, bool]]) -> list[Finding]:
         tree = _parse(source)
         if tree is None:
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                package_names |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("pruning_course")}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pruning_course"):
-                package_names |= {a.asname or a.name for a in node.names}
+        package_names |= _package_bindings(tree)
         for node in ast.walk(tree) if editable else ():
             found = None
             if isinstance(node, ast.Attribute) and node.attr in _IPYTHON_HOOKS:
@@ -128,6 +118,21 @@ def tampering_attempts(cells: list[tuple[int, str, bool]]) -> list[Finding]:
             if found:
                 findings.append(Finding(position, found, found))
     return _unique(findings)
+
+
+def _is_package(module: str | None) -> bool:
+    return (module or "").split(".")[0] == "pruning_course"
+
+
+def _package_bindings(tree) -> set[str]:
+    """The names a cell binds to the course package or to objects imported from it."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names if _is_package(a.name)}
+        elif isinstance(node, ast.ImportFrom) and _is_package(node.module):
+            names |= {a.asname or a.name for a in node.names}
+    return names
 
 
 def _parse(source: str):
