@@ -111,3 +111,21 @@ def test_a_reply_that_names_any_other_global_is_refused_unrun(tmp_path):
     buffer = io.BytesIO()
     torch.save(("ok", {"weights": torch.ones(2)}, [1, "a"], {}), buffer)
     assert safe_load(buffer.getvalue())[1]["weights"].sum() == 2
+
+
+def test_the_sandbox_sees_a_venv_and_package_that_live_under_tmp(tmp_path):
+    """A fresh clone in /tmp (CI) has its venv and package there: the sandbox's own /tmp must not hide them."""
+    import subprocess
+    import sys
+
+    from pruning_course.grading.sandbox import bwrap_argv, sandbox_problem
+
+    if sandbox_problem() is not None:
+        pytest.skip("bubblewrap is not usable here")
+    fake = tmp_path / "venv-under-tmp"
+    fake.mkdir()
+    (fake / "marker").write_text("seen")
+    argv = bwrap_argv(["cat", str(fake / "marker")], tmp_path / "kernel", readable=[fake])
+    assert subprocess.run(argv, capture_output=True, text=True).stdout == "seen"
+    argv = bwrap_argv([sys.executable, "-c", "import pruning_course"], tmp_path / "kernel")
+    assert subprocess.run(argv, capture_output=True, text=True).returncode == 0

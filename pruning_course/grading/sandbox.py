@@ -108,7 +108,9 @@ def bwrap_argv(command: list[str], writable: Path, readable: list[Path] | None =
     directory and home are a fresh ``work/`` inside it."""
     work = writable / "work"
     work.mkdir(parents=True, exist_ok=True)
-    argv = [shutil.which("bwrap") or "bwrap", *_namespaces(), "--cap-drop", "ALL",
+    # mounts apply in order: the fresh /tmp first, so that binds of folders inside /tmp (a venv or
+    # the kernel's own folder there) land on top of it instead of under it
+    argv = [shutil.which("bwrap") or "bwrap", *_namespaces(), "--cap-drop", "ALL", "--tmpfs", "/tmp",
             "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for name in ("bin", "lib", "lib64", "sbin", "lib32", "libx32"):
         link = Path("/") / name
@@ -118,7 +120,7 @@ def bwrap_argv(command: list[str], writable: Path, readable: list[Path] | None =
             argv += ["--ro-bind", str(link), str(link)]
     for path in readable if readable is not None else readable_paths():
         argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+    argv += ["--proc", "/proc", "--dev", "/dev",
              "--bind", str(writable), str(writable), "--chdir", str(work),
              "--setenv", "HOME", str(work), "--setenv", "TMPDIR", "/tmp",
              "--setenv", "IPYTHONDIR", str(work / ".ipython"), "--setenv", "MPLCONFIGDIR", str(work / ".matplotlib"),
