@@ -129,3 +129,28 @@ def test_the_sandbox_sees_a_venv_and_package_that_live_under_tmp(tmp_path):
     assert subprocess.run(argv, capture_output=True, text=True).stdout == "seen"
     argv = bwrap_argv([sys.executable, "-c", "import pruning_course"], tmp_path / "kernel")
     assert subprocess.run(argv, capture_output=True, text=True).returncode == 0
+
+
+def test_a_sandboxed_kernel_reads_the_instructors_cache_and_survives_it_being_read_only(tmp_path, monkeypatch):
+    """The kernel's $HOME is a fresh folder: without PRUNING_COURSE_CACHE it would look for the model
+    and the tokenized corpus in an empty cache under it (seconds of tokenizing per student, and no
+    model at all in full mode). The cache is read-only there, so a miss must not raise."""
+    import subprocess
+    import sys
+
+    from pruning_course.grading.sandbox import bwrap_argv, readable_paths, sandbox_problem
+
+    if sandbox_problem() is not None:
+        pytest.skip("bubblewrap is not usable here")
+    cache = tmp_path / "instructor-cache"
+    cache.mkdir()
+    monkeypatch.setenv("PRUNING_COURSE_CACHE", str(cache))
+    probe = ("from pruning_course.settings import cache_dir; from pruning_course.data import load_token_splits; "
+             "from pruning_course.testing import tiny_tokenizer; "
+             "splits = load_token_splits(tiny_tokenizer()); print(cache_dir(), len(splits['train']) > 0)")
+    argv = bwrap_argv([sys.executable, "-c", probe], tmp_path / "kernel", readable=readable_paths())
+    done = subprocess.run(argv, capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                        if k != "PRUNING_COURSE_CACHE"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(cache.resolve()), "True"]
+    assert not any(cache.iterdir()), "the kernel wrote into the read-only cache"

@@ -19,7 +19,7 @@ from .. import settings
 from ..model_files import writing
 from .notebooks import Catalog, is_ignored
 from .reports import COURSE_ID, DEFAULT_CONFIG, DEFAULT_TIMEOUT, GradingError, shorten
-from .sandbox import Limits, sandbox_problem
+from .sandbox import Limits, sandbox_problem, warm_kernel_caches
 
 _WORKER = "import sys; from pruning_course.grading.course import _worker_main; _worker_main(sys.argv[1:])"
 
@@ -41,6 +41,8 @@ class Course:
             raise GradingError(problem)
         self.sandboxed = sandbox is not False and problem is None
         self.limits = limits or Limits()
+        if self.sandboxed:
+            warm_kernel_caches(quick)
         import importlib.util
 
         missing = [m for m in ("nbgrader", "ipykernel", "nbconvert") if importlib.util.find_spec(m) is None]

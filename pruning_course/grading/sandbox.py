@@ -17,6 +17,10 @@ What the kernel gets (see :func:`bwrap_argv`):
 * read-only: ``/usr`` (and its ``/bin``, ``/lib`` links), ``/etc``, the Python installation,
   the virtual environment, this package's own folder (not the repository: no solutions, no
   submissions, no grades) and the converted-model cache;
+* the model cache is read-only, so :func:`warm_kernel_caches` builds what the notebooks read from
+  it (the converted model, the tokenized corpus) before the first kernel starts; without that,
+  every kernel would tokenize the corpus again (seconds each) or, in full mode, fail to build the
+  model with no network;
 * writable: one empty private folder per kernel (its working directory, also ``$HOME``), a
   private ``/tmp``, and the folder of its connection file, where its IPC sockets live
   (``KernelManager.transport = "ipc"``: a network namespace has no shared TCP loopback);
@@ -106,6 +110,8 @@ def bwrap_argv(command: list[str], writable: Path, readable: list[Path] | None =
 
     ``writable``: the kernel's own folder (its connection file and sockets); the working
     directory and home are a fresh ``work/`` inside it."""
+    from .. import settings
+
     work = writable / "work"
     work.mkdir(parents=True, exist_ok=True)
     # mounts apply in order: the fresh /tmp first, so that binds of folders inside /tmp (a venv or
@@ -126,9 +132,23 @@ def bwrap_argv(command: list[str], writable: Path, readable: list[Path] | None =
              "--setenv", "IPYTHONDIR", str(work / ".ipython"), "--setenv", "MPLCONFIGDIR", str(work / ".matplotlib"),
              "--unsetenv", "JUPYTER_CONFIG_DIR", "--unsetenv", "JUPYTER_PATH", "--unsetenv", "JUPYTER_RUNTIME_DIR",
              "--setenv", "PRUNING_COURSE_SANDBOXED", "1",
+             # the instructor's cache (read-only), not one under the kernel's new $HOME
+             "--setenv", "PRUNING_COURSE_CACHE", str(settings.cache_dir().resolve()),
+             "--setenv", "TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor",
              # ipykernel exits when its parent looks gone, and inside the PID namespace it always does
              "--unsetenv", "JPY_PARENT_PID", "--", *command]
     return argv
+
+
+def warm_kernel_caches(quick: bool) -> None:
+    """Build, in the instructor's cache, what the course's notebooks load from it: the tokenized
+    Wikipedia splits for the tokenizer of the mode's model and, in full mode, the converted
+    SmolLM2 (see the module docstring: sandboxed kernels cannot write the cache). Takes about a
+    second when all is cached; the first full-mode run converts the model once (about a minute)."""
+    from ..data import load_token_splits
+    from ..models import load_model
+
+    load_token_splits(load_model("tiny-llama" if quick else "smollm2-135m", progress=False).tokenizer)
 
 
 def apply_limits(limits: Limits) -> None:
