@@ -96,6 +96,7 @@ class CourseExecute(Execute):
         self._died_in = None  # label of the cell where the kernel died or got stuck
         # test cells of exercises answered with the course's own code (set by pruning_course.grading)
         self._void = dict(nb.metadata.get("pruning_course", {}).get("void_tests", {}))
+        self._primed = False  # the kernel has not loaded the checks' module yet
         self._exit_asked = None  # (index, cell) of the last cell that called exit() / quit()
         self._kernel_dir = Path(tempfile.mkdtemp(prefix="k"))
         try:
@@ -219,6 +220,12 @@ class CourseExecute(Execute):
     _responds = run_sync(_async_responds)
 
     def preprocess_cell(self, cell, resources, index):
+        if not getattr(self, "_primed", False):
+            # before any student code: load the module the checks talk to (and torch) in the kernel, so
+            # that its import time does not count against the first test cell's time limit
+            self._primed = True
+            with contextlib.suppress(Exception):
+                self._run_in_kernel("import pruning_course.grading.remote", max(60, self.timeout or 0))
         if getattr(self, "_died_in", None) is not None:
             if cell.cell_type == "code" and cell.source.strip():
                 cell.outputs = [_error(NOT_EXECUTED, f"not executed: the kernel was lost earlier, in {self._died_in}")]

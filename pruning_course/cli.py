@@ -399,9 +399,37 @@ def cmd_grade(args) -> int:
     from .grading import grade
 
     report = grade(args.submissions, args.out, solutions_dir=args.solutions, timeout=args.timeout,
-                   quick=not args.full, wall_timeout=args.wall_timeout, sandbox=not args.no_sandbox)
+                   quick=not args.full, wall_timeout=args.wall_timeout, sandbox=not args.no_sandbox,
+                   jobs=args.jobs, shard=args.shard)
     print(report)
     return 0
+
+
+def cmd_grade_merge(args) -> int:
+    from .grading import merge_outputs
+
+    print(merge_outputs(args.inputs, args.out, solutions_dir=args.solutions))
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 3/8), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of students at a time, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNSAFE: run the students' code without the bubblewrap sandbox, as you, with your files, "
                         "network and grades within its reach (only for submissions you trust, on a machine "
                         "without bubblewrap)")
+    p.add_argument("--jobs", type=_jobs, default=None,
+                   help="students graded side by side, each in its own course folder (default: one per core)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="grade only shard K of N (by a hash of the student id; the same on every machine), e.g. "
+                        "one shard per task of a Slurm array; combine the outputs with `pruning-course grade merge`")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("grade-merge", help=argparse.SUPPRESS, prog="pruning-course grade merge",
+                       description="combine the output folders of several `grade --shard` runs into one")
+    p.add_argument("inputs", nargs="+", type=Path, help="output folders of grade runs")
+    p.add_argument("--out", required=True, help="the combined output folder")
+    p.add_argument("--solutions", default="solutions", help="the solutions the inputs were graded with")
+    p.set_defaults(func=cmd_grade_merge)
     return parser
 
 
@@ -497,6 +537,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["grade", "merge"]:  # `grade merge` (a submissions folder named merge: grade ./merge)
+        argv = ["grade-merge", *argv[2:]]
     args = parser.parse_args(argv)
     for name in ("seqlen", "batch_size", "max_eval_windows"):
         try:

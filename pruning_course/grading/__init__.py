@@ -10,10 +10,14 @@ Course layout
 
 Every nbgrader run happens in a throwaway course directory under the system temp directory
 (sources copied in, student files written there), so a submission never runs in the
-repository.  nbgrader runs in worker processes watched from outside: a worker that runs over
-a student's wall-clock limit or dies is killed together with its kernels, that student is
-graded as the unmodified student version (zero) with the reason, and a fresh worker carries
-on with the next student.  Kernels run the grading Python (``sys.executable``, which needs
+repository; each student's job gets a course folder and gradebook of its own, whose grades
+the grading process checks and merges into ``out_dir``'s gradebook when the job is done.
+nbgrader runs in worker processes watched from outside (``jobs`` of them side by side, each
+with its lane of students): a worker that runs over a student's wall-clock limit or dies is
+killed together with its kernels, that student is graded as the unmodified student version
+(zero) with the reason, and a fresh worker carries on with the next student.  ``shard=(k, n)``
+grades one of ``n`` deterministic shards of the class, and :func:`merge_outputs` combines the
+shards' folders.  Kernels run the grading Python (``sys.executable``, which needs
 ``ipykernel``: the ``course`` extra) inside a bubblewrap sandbox (:mod:`.sandbox`: no network,
 their own process namespace, read-only packages, nothing else of the machine), import this
 package from where it is now, and get ``PRUNING_COURSE_QUICK=1``; nbgrader sets
@@ -76,7 +80,7 @@ helpers), ``course`` (the throwaway nbgrader course, its workers, the gradebook)
 boundary), ``tampering`` (reading a submission's code), ``batch`` (grade).  This package re-exports the public names.
 """
 
-from .batch import grade
+from .batch import grade, merge_outputs, shard_of
 from .release import drift, generate, validate
 from .reports import (
     COURSE_ID,
@@ -97,5 +101,5 @@ from .reports import (
 __all__ = [
     "COURSE_ID", "CSV_FIELDS", "DEFAULT_CONFIG", "DEFAULT_TIMEOUT", "RELEASE_STUDENT", "SOLUTION_STUDENT",
     "STATUSES", "CellCheck", "GradeReport", "GradingError", "NotebookGrade", "NotebookValidation",
-    "ValidationReport", "drift", "generate", "grade", "validate",
+    "ValidationReport", "drift", "generate", "grade", "merge_outputs", "shard_of", "validate",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import html
 import io
 import json
@@ -17,7 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .course import Course, failure_summary, gradebook_cells, gradebook_scores
+from .course import (
+    Course,
+    failure_summary,
+    gradebook_cells,
+    gradebook_scores,
+    merge_submission,
+    template_gradebook,
+)
 from .notebooks import (
     catalog_of,
     cell_errors,
@@ -48,7 +56,8 @@ from .tampering import exercise_names, reference_answers, tampering_attempts
 
 def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions",
           timeout: int = DEFAULT_TIMEOUT, *, quick: bool = True, wall_timeout: float | None = None,
-          config: str | Path | None = None, sandbox: bool = True) -> GradeReport:
+          config: str | Path | None = None, sandbox: bool = True, jobs: int | None = None,
+          shard: tuple[int, int] | None = None) -> GradeReport:
     """Autograde a folder or ``.zip`` of submitted notebooks (layouts: see the package docstring).
 
     ``timeout`` is the per-cell limit in seconds; ``wall_timeout`` caps one student's assignment
@@ -58,8 +67,19 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
 
     ``sandbox``: every kernel runs in bubblewrap (:mod:`.sandbox`), and :class:`GradingError`
     says how to install it when it cannot; ``False`` runs the students' code as the caller
-    (unsafe: for a machine without bubblewrap and submissions you trust)."""
+    (unsafe: for a machine without bubblewrap and submissions you trust).
+
+    ``jobs``: students graded side by side (default: one per core), each job in its own course
+    folder and gradebook, merged into ``out``'s by this process. ``shard=(k, n)``: grade only the
+    students of shard ``k`` of ``n`` (1-based; :func:`shard_of`, by a hash of the student id, the
+    same on every machine), so that ``n`` machines grade a class and :func:`merge_outputs`
+    combines their folders."""
     start = time.time()
+    jobs = (os.cpu_count() or 1) if jobs is None else int(jobs)
+    if jobs < 1:
+        raise GradingError(f"jobs must be at least 1, got {jobs}")
+    if shard is not None and not (len(shard) == 2 and 1 <= shard[0] <= shard[1]):
+        raise GradingError(f"shard must be K/N with 1 <= K <= N, got {shard[0]}/{shard[1]}")
     problem = sandbox_problem() if sandbox else None
     if problem:  # before anything is created
         raise GradingError(problem)
@@ -83,6 +103,8 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
             root = src
         subs, skipped = discover_submissions(root, catalog, exclude=out)
         report.skipped += skipped
+        if shard is not None:
+            subs = [s for s in subs if shard_of(s.student, shard[1]) == shard[0]]
         groups: dict[tuple[str, str], list[Submission]] = {}
         for s in subs:
             groups.setdefault((s.student, s.assignment), []).append(s)
@@ -92,8 +114,7 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
             except GradingError as exc:
                 raise GradingError(f"{exc}\nIf cells were added to or removed from the solutions since {out} "
                                    "was first graded, grade into a new folder.") from exc
-            report.grades += _grade_batch(course, out, groups, wall_timeout)
-        _save_status(out, report.grades)
+            report.grades += _grade_batch(course, out, groups, wall_timeout, jobs)
         _write_csv(out, db_path)
         (out / "skipped.csv").unlink(missing_ok=True)  # it describes one run
         if report.skipped:
@@ -103,6 +124,86 @@ def grade(submissions: str | Path, out_dir: str | Path, solutions_dir="solutions
                 w.writerows(report.skipped)
     report.seconds = time.time() - start
     return report
+
+
+def shard_of(student: str, shards: int) -> int:
+    """The shard (1 .. ``shards``) a student belongs to: a hash of the id, the same everywhere."""
+    digest = hashlib.sha256(student.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards + 1
+
+
+def merge_outputs(inputs: list[str | Path], out_dir: str | Path, solutions_dir="solutions") -> GradeReport:
+    """Combine the output folders of several ``grade`` runs (the shards of a class, graded on
+    several machines) into ``out_dir``: one gradebook, status file, ``grades.csv`` and the
+    feedback, graded notebooks and logs of every student.
+
+    The assignments are generated from ``solutions_dir`` into the merged gradebook, and each
+    submission's grades are checked against them (same cells, same points, scores within
+    ``[0, max]``) as they are copied (:func:`~.course.merge_submission`, manual scores and extra
+    credit included). A student in several inputs keeps the most recently graded record; inputs
+    are only read."""
+    start = time.time()
+    catalog = catalog_of(solutions_dir)
+    out = Path(out_dir).resolve()
+    sources = [Path(p).resolve() for p in inputs]
+    for src in sources:
+        if not (src / "gradebook.db").is_file():
+            raise GradingError(f"{src} is not the output folder of a grade run (it has no gradebook.db)")
+        if src == out:
+            raise GradingError(f"{src} is both an input and the output: merge into a new folder")
+    submitted = {src: _submissions_in(src / "gradebook.db") for src in sources}
+    assignments = sorted({a for subs in submitted.values() for _, a in subs})
+    unknown = [a for a in assignments if a not in catalog.assignments]
+    if unknown:
+        raise GradingError(f"{', '.join(unknown)} graded in the inputs but not in {catalog.root}: "
+                           "pass the --solutions the shards were graded with")
+    out.mkdir(parents=True, exist_ok=True)
+    db_path = out / "gradebook.db"
+    report = GradeReport(out_dir=out, csv_path=out / "grades.csv")
+    with _out_dir_lock(out), Course(catalog, db_path, sandbox=False) as course:
+        if db_path.exists():
+            backup_gradebook(db_path, out / "backups")
+        if assignments:
+            course.generate(assignments)
+        status = _load_status(out)
+        for src in sources:
+            for student, a in submitted[src]:
+                merge_submission(src / "gradebook.db", db_path, student, a, manual=True)
+            for folder in ("feedback", "autograded", "logs"):
+                _copy_regular_files(src / folder, out / folder)
+            for key, rec in _load_status(src, set_aside=False).items():
+                if key not in status or rec["graded_at"] >= status[key]["graded_at"]:
+                    status[key] = rec
+        write_bytes_atomically(out / "grading_status.json", json.dumps(dict(sorted(status.items())), indent=1).encode())
+        _write_csv(out, db_path)
+    report.grades = [NotebookGrade(r["student"], r["assignment"], r["notebook"], r["score"], r["max_score"],
+                                   r["status"], r["reason"], submitted=r["submitted"]) for r in status.values()]
+    report.seconds = time.time() - start
+    return report
+
+
+def _submissions_in(db: Path) -> list[tuple[str, str]]:
+    """``(student, assignment)`` of every submission in a gradebook (read-only)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            return sorted(con.execute("SELECT sa.student_id, a.name FROM submitted_assignment sa "
+                                      "JOIN assignment a ON sa.assignment_id = a.id"))
+    except sqlite3.Error as error:
+        raise GradingError(f"{db} cannot be read as a gradebook ({error})") from None
+
+
+def _copy_regular_files(src: Path, dst: Path) -> None:
+    """Copy the plain files under ``src`` into ``dst`` (links and anything else are left out)."""
+    if not src.is_dir() or src.is_symlink():
+        return
+    for folder, _dirs, names in os.walk(src):  # does not follow links to folders
+        for name in names:
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomically(target, path.read_bytes())
 
 
 @dataclass
@@ -115,8 +216,28 @@ class _Job:
     submitted: dict[str, Submission]
     notes: dict[str, list[str]] = field(default_factory=dict)
     flags: dict[str, set] = field(default_factory=dict)
+    root: Path = Path()
     code_cells: int = 0
     problem: str | None = None
+    graded: bool = False  # nbgrader graded it: its gradebook holds its scores
+
+    @property
+    def course_root(self) -> Path:
+        return self.root / "course"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "gradebook.db"
+
+    @property
+    def submitted_dir(self) -> Path:
+        return self.course_root / "submitted" / self.student / self.assignment
+
+    def autograded_nb(self, nb: str) -> Path:
+        return self.course_root / "autograded" / self.student / self.assignment / f"{nb}.ipynb"
+
+    def feedback_html(self, nb: str) -> Path:
+        return self.course_root / "feedback" / self.student / self.assignment / f"{nb}.html"
 
     def note(self, nb: str | None, flag: str | None, text: str) -> None:
         for name in [nb] if nb else self.notebooks:
@@ -162,75 +283,110 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _grade_batch(course: Course, out: Path, groups: dict, wall_timeout: float | None) -> list[NotebookGrade]:
-    jobs = []
-    for (student, a), group in sorted(groups.items()):
-        job = _Job(student, a, course.catalog.assignments[a], {s.notebook: s for s in group})
+def _grade_batch(course: Course, out: Path, groups: dict, wall_timeout: float | None, jobs: int) -> list[NotebookGrade]:
+    """Grade every (student, assignment) job in its own course folder and gradebook, ``jobs`` side
+    by side; each job's grades are checked and merged into ``out``'s gradebook, its feedback
+    published and its status saved as soon as it is done, so an interrupted run keeps them."""
+    template = course.tmp / "template.db"
+    template_gradebook(course.db_path, template)
+    batch = []
+    for n, ((student, a), group) in enumerate(sorted(groups.items())):
+        job = _Job(student, a, course.catalog.assignments[a], {s.notebook: s for s in group},
+                   root=course.tmp / "students" / f"{n:05d}")
         for nb in job.notebooks:
             job.notes[nb] = list(job.submitted[nb].notes) if nb in job.submitted else []
             job.flags[nb] = set()
         try:
+            _make_student_folder(course, job, template)
             _prepare_job(course, job)
         except Exception as exc:  # never let one submission stop the batch
             job.problem = shorten(f"internal error while reading the submission ({type(exc).__name__}: {exc})")
-        jobs.append(job)
-
-    def tasks_for(batch: list[_Job], limit) -> list[dict]:
-        tasks = []
-        for job in batch:
-            log = str(out / "logs" / job.student / f"{job.assignment}.log")
-            tasks.append({"op": "autograde", "assignment": job.assignment, "student": job.student,
-                          "limit": limit(job), "log": log})
-            tasks.append({"op": "feedback", "assignment": job.assignment, "student": job.student,
-                          "limit": 300, "log": log, "needs": len(tasks) - 1})
-        return tasks
-
-    for job in jobs:
+        batch.append(job)
         log = out / "logs" / job.student / f"{job.assignment}.log"
         if log.exists():
             log.unlink()
-    runnable = [j for j in jobs if j.problem is None]
-    results = course.run(tasks_for(runnable, lambda j: wall_timeout or course.timeout * (j.code_cells + 2) + 180))
-    for job, (auto, _feedback) in zip(runnable, zip(results[::2], results[1::2])):
-        if not auto.get("success"):
-            job.problem = failure_summary(auto)
-        elif not all(course.autograded_nb(job.student, job.assignment, nb).exists() for nb in job.submitted):
-            job.problem = "nbgrader produced no graded notebook"
+
+    def tasks_for(chosen: list[_Job], limit) -> list[dict]:
+        tasks = []
+        for job in chosen:
+            log = str(out / "logs" / job.student / f"{job.assignment}.log")
+            where = {"student": job.student, "root": str(job.course_root), "db": str(job.db)}
+            tasks.append({"op": "autograde", "assignment": job.assignment, **where, "limit": limit(job), "log": log})
+            tasks.append({"op": "feedback", "assignment": job.assignment, **where, "limit": 300, "log": log,
+                          "needs": len(tasks) - 1})
+        return tasks
+
+    grades: list[NotebookGrade] = []
+
+    def finish(job: _Job) -> None:
+        """Merge the job's grades, publish its feedback and save its status (never raises)."""
+        try:
+            if job.graded:
+                merge_submission(job.db, course.db_path, job.student, job.assignment)
+            done = _collect(course, out, job)
+        except Exception as exc:
+            done = [NotebookGrade(job.student, job.assignment, nb, 0.0, 0.0, "error",
+                                  shorten(f"internal grading error ({type(exc).__name__}: {exc})", 400),
+                                  submitted=job.submitted[nb].origin if nb in job.submitted else "")
+                    for nb in job.notebooks]
+        grades.extend(done)
+        _save_status(out, done)
+
+    def first_run_done(chosen: list[_Job]):
+        def on_done(index: int, result: dict) -> None:
+            job = chosen[index // 2]
+            if index % 2 == 0:  # autograde
+                if not result.get("success"):
+                    job.problem = failure_summary(result)
+                elif not all(job.autograded_nb(nb).exists() for nb in job.submitted):
+                    job.problem = "nbgrader produced no graded notebook"
+                job.graded = job.problem is None
+            elif job.problem is None:  # its feedback: the job is done
+                finish(job)
+        return on_done
+
+    runnable = [j for j in batch if j.problem is None]
+    course.run(tasks_for(runnable, lambda j: wall_timeout or course.timeout * (j.code_cells + 2) + 180), jobs=jobs,
+               on_done=first_run_done(runnable))
 
     # what nbgrader could not grade is graded as the unmodified student version (zero), with the reason
-    failed = [j for j in jobs if j.problem is not None]
+    failed = [j for j in batch if j.problem is not None]
     for job in failed:
-        sub_dir = course.submitted_dir(job.student, job.assignment)
-        sub_dir.mkdir(parents=True, exist_ok=True)
+        job.graded = False
         for nb in job.notebooks:
             job.note(nb, "error", f"grading failed ({job.problem}); scored as the unmodified student version (zero)")
-            shutil.copyfile(course.release_nb(job.assignment, nb), sub_dir / f"{nb}.ipynb")
-        shutil.rmtree(course.root / "autograded" / job.student / job.assignment, ignore_errors=True)
-        shutil.rmtree(course.root / "feedback" / job.student / job.assignment, ignore_errors=True)
-    if failed:
-        retry = course.run(tasks_for(failed, lambda j: course.timeout * 4 + 300))
-        for job, auto in zip(failed, retry[::2]):
-            if not auto.get("success"):
-                job.note(None, None, f"grading the unmodified student version failed too ({failure_summary(auto)})")
-
-    grades = []
-    for job in jobs:
         try:
-            grades += _collect(course, out, job)
-        except Exception as exc:
+            _make_student_folder(course, job, template)
             for nb in job.notebooks:
-                grades.append(NotebookGrade(job.student, job.assignment, nb, 0.0, 0.0, "error",
-                                            shorten(f"internal grading error ({type(exc).__name__}: {exc})", 400),
-                                            submitted=job.submitted[nb].origin if nb in job.submitted else ""))
-    return grades
+                shutil.copyfile(course.release_nb(job.assignment, nb), job.submitted_dir / f"{nb}.ipynb")
+        except Exception as exc:
+            job.note(None, None, f"the unmodified student version could not be prepared ({type(exc).__name__})")
+    if failed:
+        def on_retry_done(index: int, result: dict) -> None:
+            job = failed[index // 2]
+            if index % 2 == 0:
+                job.graded = bool(result.get("success"))
+                if not job.graded:
+                    job.note(None, None, f"grading the unmodified student version failed too ({failure_summary(result)})")
+            else:
+                finish(job)
+        course.run(tasks_for(failed, lambda j: course.timeout * 4 + 300), jobs=jobs, on_done=on_retry_done)
+    return sorted(grades, key=lambda g: (g.student, g.assignment, g.notebook))
+
+
+def _make_student_folder(course: Course, job: "_Job", template: Path) -> None:
+    """The job's own nbgrader course folder (the assignment's source and an empty ``submitted/``)
+    and its own gradebook (the assignment's cells, no other student)."""
+    if job.root.exists():
+        shutil.rmtree(job.root)
+    shutil.copytree(course.root / "source" / job.assignment, job.course_root / "source" / job.assignment)
+    job.submitted_dir.mkdir(parents=True)
+    shutil.copyfile(template, job.db)
 
 
 def _prepare_job(course: Course, job: _Job) -> None:
     """Write the student's notebooks, made safe for nbgrader, into ``submitted/``."""
-    sub_dir = course.submitted_dir(job.student, job.assignment)
-    if sub_dir.exists():
-        shutil.rmtree(sub_dir)
-    sub_dir.mkdir(parents=True)
+    sub_dir = job.submitted_dir
     for nb in job.notebooks:
         release = read_notebook(course.release_nb(job.assignment, nb))
         if nb not in job.submitted:
@@ -277,8 +433,8 @@ def _collect(course: Course, out: Path, job: _Job) -> list[NotebookGrade]:
     grades = []
     for nb in job.notebooks:
         flags, notes = job.flags[nb], job.notes[nb]
-        cells = gradebook_cells(course.db_path, student, a, nb) or {}
-        graded_nb = course.autograded_nb(student, a, nb)
+        cells = (gradebook_cells(course.db_path, student, a, nb) if job.graded else None) or {}
+        graded_nb = job.autograded_nb(nb)
         if "error" not in flags:
             for flag in run_flags(graded_nb):
                 kind, sentence = flag.split(": ", 1)
@@ -297,11 +453,11 @@ def _collect(course: Course, out: Path, job: _Job) -> list[NotebookGrade]:
             notes.append("all tests passed")
         if manual:
             notes.append(f"needs manual grading: {', '.join(manual)}")
-        if graded_nb.exists() and not course.feedback_html(student, a, nb).exists():
+        if graded_nb.exists() and not job.feedback_html(nb).exists():
             notes.append("nbgrader could not produce the feedback page")
         status = next((s for s in STATUSES if s in flags), "graded")
         reason = " | ".join(notes)
-        feedback = _publish_feedback(course, out, student, a, nb, score, max_score, status, reason)
+        feedback = _publish_feedback(job, out, nb, score, max_score, status, reason)
         grades.append(NotebookGrade(student, a, nb, score, max_score, status, reason, feedback,
                                     job.submitted[nb].origin if nb in job.submitted else ""))
     return grades
@@ -314,11 +470,12 @@ def _max_points(path: Path) -> float:
         return 0.0
 
 
-def _publish_feedback(course: Course, out: Path, student: str, a: str, nb: str, score: float, max_score: float,
-             status: str, reason: str) -> Path:
+def _publish_feedback(job: _Job, out: Path, nb: str, score: float, max_score: float, status: str,
+                      reason: str) -> Path:
     """Copy the feedback (with a grading-notes box) and the executed notebook into ``out``."""
+    student, a = job.student, job.assignment
     box = _notes_box(student, nb, score, max_score, status, reason)
-    src = course.feedback_html(student, a, nb)
+    src = job.feedback_html(nb)
     dst = out / "feedback" / student / a / f"{nb}.html"
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.exists():
@@ -329,7 +486,7 @@ def _publish_feedback(course: Course, out: Path, student: str, a: str, nb: str, 
         page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(nb)}</title></head>"
                 f"<body>\n{box}\n<p>No feedback notebook could be produced for this submission.</p></body></html>\n")
     write_bytes_atomically(dst, page.encode("utf-8"))
-    graded = course.autograded_nb(student, a, nb)
+    graded = job.autograded_nb(nb)
     if graded.exists():
         target = out / "autograded" / student / a / f"{nb}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +565,7 @@ _STATUS_FIELDS = {"student": str, "assignment": str, "notebook": str, "score": (
                   "max_score": (int, float), "status": str, "reason": str, "submitted": str, "graded_at": str}
 
 
-def _load_status(out: Path) -> dict:
+def _load_status(out: Path, set_aside: bool = True) -> dict:
     """``grading_status.json``, re-validated: only records of the right shape, under their own key,
     with a known status and 0 <= score <= max_score. An unreadable file is kept aside as
     ``grading_status.json.unreadable-<time>`` and the statuses start afresh (the scores live in
@@ -421,7 +578,8 @@ def _load_status(out: Path) -> dict:
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
     except (ValueError, UnicodeDecodeError):
-        path.replace(out / f"grading_status.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        if set_aside:
+            path.replace(out / f"grading_status.json.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
         return {}
     status = {}
     for key, rec in raw.items():

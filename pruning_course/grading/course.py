@@ -3,15 +3,21 @@ nbgrader in it (``_worker_main``, watched and killed from outside), and reading 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import math
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sqlite3
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -57,6 +63,8 @@ class Course:
         self.db_path = Path(db_path).resolve() if db_path else self.tmp / "gradebook.db"
         self._write_config(config)
         self._write_kernel_and_path()
+        self._worker_numbers = itertools.count(1)
+        self._stopping = threading.Event()
 
     # -- setup ------------------------------------------------------------------------------
     def _write_config(self, course_config: Path) -> None:
@@ -158,36 +166,75 @@ class Course:
         return self.root / "feedback" / student / a / f"{nb}.html"
 
     # -- running nbgrader -----------------------------------------------------------------
-    def run(self, tasks: list[dict]) -> list[dict]:
+    def run(self, tasks: list[dict], jobs: int = 1, on_done=None) -> list[dict]:
         """Run nbgrader tasks (``op``: generate | autograde | feedback) in worker processes.
 
         Each task may carry ``limit`` (seconds, default 600), ``log`` (a file that gets the
-        task's nbgrader log) and ``needs`` (the index of a task that must succeed first).  One
-        worker runs the tasks in order, so nbgrader is imported once per batch; a worker that runs over a task's limit, or dies, is killed together with its
-        kernels, that task is recorded as failed, and a fresh worker carries on with the next
-        task.  Returns one result per task: ``success``, ``error``, ``log`` and, when the
-        worker had to be stopped, ``failure`` (a sentence)."""
+        task's nbgrader log), ``needs`` (the index of a task that must succeed first), and
+        ``root`` and ``db`` (the course folder and gradebook it works in; default: this course's).
+        ``jobs`` workers run side by side, each in its own lane of tasks (a task and the tasks that
+        need it share a lane), each with ``cores / jobs`` threads for its kernels. One worker runs
+        its lane's tasks in order, so nbgrader is imported once per lane; a worker that runs over a
+        task's limit, or dies, is killed together with its kernels, that task is recorded as
+        failed, and a fresh worker carries on with the next task of the lane. ``on_done(index,
+        result)`` is called (one call at a time) as each task's result is known. Returns one result
+        per task: ``success``, ``error``, ``log`` and, when the worker had to be stopped,
+        ``failure`` (a sentence)."""
         results: list[dict | None] = [None] * len(tasks)
-        first = 0
-        while first < len(tasks):
-            need = tasks[first].get("needs")
-            if need is not None and results[need] is not None and not results[need].get("success"):
-                results[first] = {**tasks[first], "success": False, "failure": "skipped (the task it needs failed)"}
-                first += 1
-                continue
-            first = self._run_worker(tasks, first, results)
+        lanes = _lanes(tasks, max(1, int(jobs)))
+        lock = threading.Lock()
+        threads = max(1, (os.cpu_count() or 1) // len(lanes)) if len(lanes) > 1 else None
+
+        def run_lane(indices: list[int]) -> None:
+            position = {index: k for k, index in enumerate(indices)}
+            local = [{**tasks[i], **({"needs": position[tasks[i]["needs"]]} if tasks[i].get("needs") is not None
+                                     else {})} for i in indices]
+            done: list[dict | None] = [None] * len(local)
+
+            def record(k: int, result: dict) -> None:
+                done[k] = result
+                with lock:
+                    results[indices[k]] = result
+                    if on_done is not None:
+                        on_done(indices[k], result)
+
+            first = 0
+            while first < len(local):
+                need = local[first].get("needs")
+                if need is not None and done[need] is not None and not done[need].get("success"):
+                    record(first, {**local[first], "success": False, "failure": "skipped (the task it needs failed)"})
+                    first += 1
+                    continue
+                first = self._run_worker(local, first, done, record, threads)
+
+        self._stopping = threading.Event()
+        workers = [threading.Thread(target=run_lane, args=(lane,), daemon=True) for lane in lanes]
+        try:
+            for w in workers:
+                w.start()
+            for w in workers:
+                while w.is_alive():
+                    w.join(0.2)  # a bare join() would hold off Ctrl-C until the lane ends
+        except BaseException:  # interrupted: stop every worker and its kernels, keep what was recorded
+            self._stopping.set()
+            for w in workers:
+                w.join(60)
+            raise
         return [r or {**t, "success": False, "failure": "not run"} for t, r in zip(tasks, results)]
 
-    def _run_worker(self, tasks: list[dict], first: int, results: list) -> int:
-        """Start a worker at task ``first``; fill ``results``; return the next task to start at."""
-        self._n_runs = getattr(self, "_n_runs", 0) + 1
-        spec_file = self.tmp / f"run-{self._n_runs}.json"
-        events_file = self.tmp / f"events-{self._n_runs}.jsonl"
+    def _run_worker(self, tasks: list[dict], first: int, results: list, record, threads: int | None) -> int:
+        """Start a worker at task ``first``; ``record`` each result; return the next task to start at."""
+        number = next(self._worker_numbers)
+        spec_file = self.tmp / f"run-{number}.json"
+        events_file = self.tmp / f"events-{number}.jsonl"
         spec_file.write_text(json.dumps({"config": str(self.config_file), "tasks": tasks, "first": first,
                                          "events": str(events_file), "db": str(self.db_path)}))
-        with open(self.tmp / "workers.log", "ab") as log:
+        env = self.env()
+        if threads is not None:  # workers side by side: their kernels share the cores
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        with open(self.tmp / f"workers-{number}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(spec_file)], cwd=self.root,
-                                    env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
+                                    env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         launched = time.monotonic()
         current, since, seen = None, launched, 0
@@ -203,26 +250,29 @@ class Course:
                     if ev["event"] == "start":
                         current, since = ev["index"], time.monotonic()
                     else:
-                        results[ev["index"]] = ev["result"]
+                        record(ev["index"], ev["result"])
                         current = None
+                if self._stopping.is_set():
+                    _kill_tree(proc)
+                    return len(tasks)
                 if exited:
                     nxt = max([i + 1 for i in range(len(tasks)) if results[i] is not None] + [first])
                     if nxt < len(tasks):  # died: blame the task it was running (or the next one)
                         bad = current if current is not None else nxt
-                        self._fail(tasks, results, bad, f"the grading process died (exit status {proc.returncode})")
+                        self._fail(tasks, record, bad, f"the grading process died (exit status {proc.returncode})")
                         return bad + 1
                     return len(tasks)
                 if current is None:
                     if time.monotonic() - since > 300:  # stuck between tasks or at start-up
                         bad = max([i + 1 for i in range(len(tasks)) if results[i] is not None] + [first])
                         _kill_tree(proc)
-                        self._fail(tasks, results, bad, "the grading process did not start the task within 300 s")
+                        self._fail(tasks, record, bad, "the grading process did not start the task within 300 s")
                         return bad + 1
                 else:
                     limit = float(tasks[current].get("limit", 600))
                     if time.monotonic() - since > limit:
                         _kill_tree(proc)
-                        self._fail(tasks, results, current,
+                        self._fail(tasks, record, current,
                                    f"it took longer than the wall-clock limit of {limit:.0f} s and was stopped")
                         return current + 1
                 time.sleep(0.1)
@@ -231,8 +281,8 @@ class Course:
                 _kill_tree(proc)
 
     @staticmethod
-    def _fail(tasks: list[dict], results: list, index: int, failure: str) -> None:
-        results[index] = {**tasks[index], "success": False, "failure": failure}
+    def _fail(tasks: list[dict], record, index: int, failure: str) -> None:
+        record(index, {**tasks[index], "success": False, "failure": failure})
         if tasks[index].get("log"):
             Path(tasks[index]["log"]).parent.mkdir(parents=True, exist_ok=True)
             with open(tasks[index]["log"], "a", encoding="utf-8") as f:
@@ -244,7 +294,7 @@ class Course:
         results = self.run([{"op": "generate", "assignment": a, "limit": 300} for a in assignments])
         bad = [r for r in results if not r.get("success")]
         if bad:
-            log = (self.tmp / "workers.log").read_text(errors="replace")[-3000:]
+            log = "".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("workers-*.log")))[-3000:]
             raise GradingError(f"nbgrader generate_assignment failed for {bad[0]['assignment']}: "
                                f"{failure_summary(bad[0])}\n{log}")
 
@@ -257,6 +307,28 @@ class Course:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lanes(tasks: list[dict], jobs: int) -> list[list[int]]:
+    """Split task indices into at most ``jobs`` lanes, in order within each: a task goes with the
+    task it needs; chains go to the lane with the least work so far (by their limits)."""
+    chains: list[list[int]] = []
+    chain_of: dict[int, int] = {}
+    for i, task in enumerate(tasks):
+        need = task.get("needs")
+        if need is not None and need in chain_of:
+            chain_of[i] = chain_of[need]
+            chains[chain_of[i]].append(i)
+        else:
+            chain_of[i] = len(chains)
+            chains.append([i])
+    lanes: list[list[int]] = [[] for _ in range(max(1, min(jobs, len(chains))))]
+    load = [0.0] * len(lanes)
+    for chain in chains:
+        k = load.index(min(load))
+        lanes[k] += chain
+        load[k] += sum(float(tasks[i].get("limit", 600)) for i in chain)
+    return lanes
 
 
 def _short_temp_dir(prefix: str) -> Path:
@@ -316,6 +388,8 @@ def _worker_main(argv: list[str]) -> None:
     if "Autograde" not in cfg or "IgnorePattern" not in cfg:
         raise SystemExit(f"the course policy (autograder/nbgrader_config.py) was not loaded by {config_path}")
     _ensure_gradebook(Path(spec["db"]))
+    for db in {t["db"] for t in spec["tasks"] if t.get("db")}:
+        _ensure_gradebook(Path(db))
     log = get_logger()
     log.setLevel(logging.INFO)
     formatter = logging.Formatter("[%(levelname)s] %(message)s")
@@ -347,6 +421,9 @@ def _worker_main(argv: list[str]) -> None:
         print(f"---- {task['op']} {task['assignment']} {task.get('student', '')}", file=sys.stderr, flush=True)
         try:
             coursedir = CourseDirectory(config=cfg)
+            if task.get("root"):  # a student's own course folder and gradebook
+                coursedir.root = task["root"]
+                coursedir.db_url = f"sqlite:///{task['db']}"
             coursedir.assignment_id = task["assignment"]
             if task.get("student"):
                 coursedir.student_id = task["student"]
@@ -443,12 +520,15 @@ def gradebook_cells(db_path: Path, student: str, a: str, nb: str) -> dict | None
         out = {}
         for g in sub.grades:
             manual = g.auto_score is None and g.manual_score is None
-            out[g.name] = {"score": None if manual else float(g.score), "max_score": float(g.max_score),
+            out[g.name] = {"score": None if manual else _cell_points(g), "max_score": float(g.max_score),
                            "manual": manual}
         return out
 
 
 def gradebook_scores(db_path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """``{(student, assignment, notebook): (score, max_score)}``, re-validated: a cell's score
+    counts only when it lies in ``[0, its max]``, its extra credit only up to its max (so no row
+    of the file, however it was changed, gives more than twice a notebook's points)."""
     out = {}
     if not db_path.exists():
         return out
@@ -456,5 +536,89 @@ def gradebook_scores(db_path: Path) -> dict[tuple[str, str, str], tuple[float, f
         for assignment in gb.assignments:
             for sub in assignment.submissions:
                 for nb in sub.notebooks:
-                    out[(sub.student.id, assignment.name, nb.name)] = (float(nb.score), float(nb.max_score))
+                    score = sum(_cell_points(g) for g in nb.grades)
+                    out[(sub.student.id, assignment.name, nb.name)] = (score, float(nb.max_score))
     return out
+
+
+def _cell_points(grade) -> float:
+    """A gradebook cell's points (its manual score if any, else its automatic one, plus extra
+    credit), each part counted only when it lies in ``[0, the cell's max]``."""
+    base = grade.manual_score if grade.manual_score is not None else grade.auto_score
+    return sum(float(v) for v in (base, grade.extra_credit) if v is not None and _in_range(v, grade.max_score))
+
+
+def _in_range(value, max_score) -> bool:
+    """None, or a finite number in ``[0, max_score]``."""
+    if value is None:
+        return True
+    try:
+        return math.isfinite(float(value)) and 0 <= float(value) <= float(max_score)
+    except (TypeError, ValueError):
+        return False
+
+
+#: the tables of nbgrader's gradebook that hold students and their work (the rest: assignments, cells)
+_STUDENT_TABLES = ("comment", "grade", "submitted_notebook", "submitted_assignment", "student")
+
+
+def template_gradebook(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` without any student or grade: its assignments and cells only (the
+    gradebook each student's job is graded into; :func:`merge_submission` brings its grades back)."""
+    shutil.copyfile(src, dst)
+    with contextlib.closing(sqlite3.connect(dst)) as con:
+        for table in _STUDENT_TABLES:
+            con.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        con.commit()
+
+
+def merge_submission(src: Path, dst: Path, student: str, assignment: str, *, manual: bool = False) -> None:
+    """Copy one student's graded submission from gradebook ``src`` into ``dst``, re-validated.
+
+    As nbgrader's own re-autograde does, a manual score already in ``dst`` stays (the cell is then
+    flagged for manual grading again); ``manual=True`` (merging graded outputs) also copies manual
+    scores, extra credit and comments of ``src``. :class:`GradingError` when ``src`` has no such
+    submission, a score outside ``[0, max]``, or cells that ``dst``'s assignment does not have."""
+    from nbgrader.api import MissingEntry
+    from sqlalchemy.exc import SAWarning
+
+    with _gradebook(src) as gb:
+        try:
+            sub = gb.find_submission(assignment, student)
+        except MissingEntry:
+            raise GradingError(f"{src} has no submission of {assignment} by {student}") from None
+        person = {k: getattr(sub.student, k) for k in ("first_name", "last_name", "email", "lms_user_id")}
+        timestamp = sub.timestamp
+        grades = [(nb.name, g.name, g.auto_score, g.manual_score, g.extra_credit, float(g.max_score))
+                  for nb in sub.notebooks for g in nb.grades]
+        comments = [(nb.name, c.name, c.auto_comment, c.manual_comment) for nb in sub.notebooks for c in nb.comments]
+    for nb, cell, auto, by_hand, extra, max_score in grades:
+        if not all(_in_range(v, max_score) for v in (auto, by_hand, extra)):
+            raise GradingError(f"{src}: {student}/{assignment}/{nb} cell {cell} has a score outside [0, {max_score:g}]")
+    with _gradebook(dst) as gb, warnings.catch_warnings():
+        # nbgrader's add_submission builds its rows during a session autoflush (SQLAlchemy warns)
+        warnings.simplefilter("ignore", SAWarning)
+        gb.update_or_create_student(student, **person)
+        gb.update_or_create_submission(assignment, student, timestamp=timestamp)
+        try:
+            for nb, cell, auto, by_hand, extra, max_score in grades:
+                grade = gb.find_grade(cell, nb, assignment, student)
+                if abs(float(grade.max_score) - max_score) > 1e-9:
+                    raise GradingError(f"{assignment}/{nb} cell {cell} is worth {max_score:g} in {src} but "
+                                       f"{float(grade.max_score):g} in {dst}: grade into a new folder")
+                grade.auto_score = auto
+                if manual and by_hand is not None:
+                    grade.manual_score = by_hand
+                if manual and extra is not None:
+                    grade.extra_credit = extra
+                grade.needs_manual_grade = grade.manual_score is not None or grade.auto_score is None
+            for nb, cell, auto_comment, manual_comment in comments:
+                comment = gb.find_comment(cell, nb, assignment, student)
+                comment.auto_comment = auto_comment
+                if manual and manual_comment is not None:
+                    comment.manual_comment = manual_comment
+        except MissingEntry as error:
+            gb.db.rollback()
+            raise GradingError(f"{dst} does not have the cells of {assignment} that {src} graded ({error}): "
+                               "grade into a new folder") from None
+        gb.db.commit()
