@@ -154,3 +154,29 @@ def test_a_sandboxed_kernel_reads_the_instructors_cache_and_survives_it_being_re
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(cache.resolve()), "True"]
     assert not any(cache.iterdir()), "the kernel wrote into the read-only cache"
+
+
+class _Huge:
+    """A reply that asks the grader to build an allow-listed module of 2 GB."""
+
+    def __reduce__(self):
+        return (torch.nn.Linear, (23_000, 23_000))
+
+
+def test_a_reply_that_builds_something_huge_fails_fast_under_the_workers_memory_limit(tmp_path):
+    """Allow-listed classes are called while unpickling; the worker's address-space limit
+    (``Course`` passes ``memory_gb`` to every worker) makes such a reply a MemoryError of that one
+    check instead of the machine's OOM killer picking a victim."""
+    import subprocess
+    import sys
+
+    buffer = io.BytesIO()
+    torch.save(("ok", _Huge(), (), {}), buffer)
+    (tmp_path / "reply.pt").write_bytes(buffer.getvalue())
+    probe = ("import resource\nfrom pruning_course.grading.remote import safe_load\n"
+             "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+             "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY))\n"
+             f"try:\n    safe_load(open({str(tmp_path / 'reply.pt')!r}, 'rb').read())\n"
+             "except (MemoryError, RuntimeError) as e:\n    print('refused', type(e).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "refused" in done.stdout, done.stderr[-2000:]

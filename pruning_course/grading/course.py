@@ -228,7 +228,8 @@ class Course:
         spec_file = self.tmp / f"run-{number}.json"
         events_file = self.tmp / f"events-{number}.jsonl"
         spec_file.write_text(json.dumps({"config": str(self.config_file), "tasks": tasks, "first": first,
-                                         "events": str(events_file), "db": str(self.db_path)}))
+                                         "events": str(events_file), "db": str(self.db_path),
+                                         "memory_gb": self.limits.memory_gb}))
         env = self.env()
         if threads is not None:  # workers side by side: their kernels share the cores
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -377,6 +378,15 @@ def _worker_main(argv: list[str]) -> None:
     import logging
 
     spec = json.loads(Path(argv[0]).read_text())
+    if spec.get("memory_gb"):
+        # the checks unpickle what a student's kernel sends (allow-listed classes only, but a
+        # constructor can still be told to build something huge): a worker that runs out of this
+        # address space fails that student's task, not the machine's other jobs
+        import resource
+
+        limit = int(spec["memory_gb"] * 2**30)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     from nbgrader.converters import Autograde, GenerateAssignment, GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.utils import capture_log
