@@ -39,7 +39,7 @@ def _defaults() -> dict:
 def _add_model_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--model", default=defaults["model"], help="short name (smollm2-135m, tiny-llama, ...), local directory or hub id")
     parser.add_argument("--dataset", default="wiki-sample",
-                        help="evaluation corpus: wiki-sample (embedded Wikipedia) or python-stdlib (this Python's "
+                        help="evaluation corpus (and calibration corpus unless --calib-dataset): wiki-sample (embedded Wikipedia) or python-stdlib (this Python's "
                              "standard library), both offline; wikitext2, codeparrot-valid, or a hub dataset owner/name")
     parser.add_argument("--seqlen", type=int, default=defaults["seqlen"], help="tokens per calibration and evaluation window")
     parser.add_argument("--max-eval-windows", type=int, default=defaults["max_eval_windows"], help="evaluate on the first N test windows only (default: all)")
