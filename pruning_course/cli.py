@@ -3,6 +3,7 @@
     pruning-course prune   --model smollm2-135m --method wanda --sparsity 0.5 [--pattern 2:4] --eval --json OUT [--save DIR]
     pruning-course eval    --model M_OR_DIR --json OUT
     pruning-course compare [--json OUT] [--plot PNG]     # the course's headline table
+    pruning-course prune ... --dataset python-stdlib --calib-dataset wiki-sample+python-stdlib
     pruning-course generate | validate | grade           # the nbgrader course (instructors)
 """
 
@@ -37,7 +38,9 @@ def _defaults() -> dict:
 
 def _add_model_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--model", default=defaults["model"], help="short name (smollm2-135m, tiny-llama, ...), local directory or hub id")
-    parser.add_argument("--dataset", default="wiki-sample", help="wiki-sample (embedded, offline), wikitext2, or a hub dataset")
+    parser.add_argument("--dataset", default="wiki-sample",
+                        help="evaluation corpus (and calibration corpus unless --calib-dataset): wiki-sample (embedded Wikipedia) or python-stdlib (this Python's "
+                             "standard library), both offline; wikitext2, codeparrot-valid, or a hub dataset owner/name")
     parser.add_argument("--seqlen", type=int, default=defaults["seqlen"], help="tokens per calibration and evaluation window")
     parser.add_argument("--max-eval-windows", type=int, default=defaults["max_eval_windows"], help="evaluate on the first N test windows only (default: all)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights and compute dtype (the papers' numbers are float32)")
@@ -50,6 +53,9 @@ def _add_model_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
 def _add_prune_args(parser: argparse.ArgumentParser, defaults: dict) -> None:
     parser.add_argument("--calib-samples", type=int, default=defaults["calib_samples"], help="calibration windows (Wanda, SparseGPT)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sampler")
+    parser.add_argument("--calib-dataset", default=None,
+                        help="calibration corpus (default: --dataset), or a mix such as wiki-sample+python-stdlib: "
+                             "equal numbers of windows from each (the first named takes an odd one), same --seed")
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -131,10 +137,51 @@ def _load_from_args(args):
     return loaded, device
 
 
-def _token_splits(tokenizer, dataset: str):
+def _check_datasets(args) -> None:
+    """Refuse a bad ``--dataset`` or ``--calib-dataset`` before anything is loaded; resolve the default
+    ``--calib-dataset`` (the evaluation corpus)."""
+    from .data import MIX_SEPARATOR, check_corpus_name, parse_corpus_mix
+
+    if MIX_SEPARATOR in args.dataset:
+        raise UsageError(f"--dataset {args.dataset!r}: perplexity is measured on one corpus at a time; "
+                         f"a mix is for --calib-dataset")
+    check_corpus_name(args.dataset)
+    if hasattr(args, "calib_dataset"):
+        args.calib_dataset = args.calib_dataset or args.dataset
+        corpora = parse_corpus_mix(args.calib_dataset)
+        if len(corpora) > args.calib_samples:
+            raise UsageError(f"--calib-samples {args.calib_samples} cannot be shared among the {len(corpora)} "
+                             f"corpora of --calib-dataset {args.calib_dataset}: use at least {len(corpora)}")
+
+
+def _token_splits(tokenizer, dataset: str, loaded: dict | None = None):
+    """The token splits of ``dataset``, each corpus tokenized once per command (``loaded`` keeps them)."""
     from .data import load_token_splits
 
-    return load_token_splits(tokenizer, dataset)
+    if loaded is None:
+        return load_token_splits(tokenizer, dataset)
+    if dataset not in loaded:
+        loaded[dataset] = load_token_splits(tokenizer, dataset)
+    return loaded[dataset]
+
+
+def _calibration_windows(tokenizer, args, loaded: dict):
+    """``--calib-samples`` windows of ``--seqlen`` from the train split of ``--calib-dataset`` (or its mix)."""
+    from .data import mixed_calibration_windows, parse_corpus_mix
+
+    train = {name: _token_splits(tokenizer, name, loaded)["train"] for name in parse_corpus_mix(args.calib_dataset)}
+    return mixed_calibration_windows(train, args.calib_samples, args.seqlen, args.seed)
+
+
+def _dataset_fields(args, calibrated: bool) -> dict:
+    """The corpora of a record and what they depend on (the Python version for python-stdlib)."""
+    from .data import dataset_version
+
+    fields = {"dataset": args.dataset, "dataset_version": dataset_version(args.dataset)}
+    if hasattr(args, "calib_dataset"):
+        fields.update(calib_dataset=args.calib_dataset if calibrated else None,
+                      calib_dataset_version=dataset_version(args.calib_dataset) if calibrated else None)
+    return fields
 
 
 def _evaluate(model, adapter, test_ids, args, device) -> dict:
@@ -165,7 +212,6 @@ def _write_json(path: Path | None, payload) -> None:
 
 
 def cmd_prune(args) -> int:
-    from .data import calibration_windows
     from .evaluate import prune_and_measure
     from .masks import resolve_target
     from .methods import check_method, needs_calibration
@@ -174,6 +220,7 @@ def cmd_prune(args) -> int:
     check_method(args.method)
     resolve_target(args.sparsity, args.pattern)  # fail on bad input before loading anything
     _positive("calib-samples", args.calib_samples)
+    _check_datasets(args)
     _check_outputs(args, save_dir=True)
     owl = None
     if args.owl:
@@ -182,15 +229,16 @@ def cmd_prune(args) -> int:
         owl = (args.owl_m, args.owl_lambda)
         owl_sparsities([0.0, 1.0], args.sparsity, args.owl_lambda)  # a lambda too large for the target fails here
     (model, tokenizer, adapter), device = _load_from_args(args)
-    splits = _token_splits(tokenizer, args.dataset)
+    loaded: dict = {}
     windows = None
     if needs_calibration(args.method) or owl:
-        windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+        windows = _calibration_windows(tokenizer, args, loaded)
+    test_ids = _token_splits(tokenizer, args.dataset, loaded)["test"] if args.eval else None
     record = prune_and_measure(
         model, adapter, args.method, args.sparsity, args.pattern, windows, owl=owl,
-        test_ids=splits["test"] if args.eval else None, **_measure_options(args, device),
+        test_ids=test_ids, **_measure_options(args, device),
     )
-    record.update(model=args.model, dataset=args.dataset, seed=args.seed, seqlen=args.seqlen)
+    record.update(model=args.model, **_dataset_fields(args, windows is not None), seed=args.seed, seqlen=args.seqlen)
     print(_format_table([record]), flush=True)  # the result is out before anything can fail to save
     _write_json(args.json_out, record)
     if args.save:
@@ -204,10 +252,11 @@ def cmd_prune(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import peak_rss_mb, sparsity_report
 
+    _check_datasets(args)
     _check_outputs(args)
     (model, tokenizer, adapter), device = _load_from_args(args)
     splits = _token_splits(tokenizer, args.dataset)
-    record = {"model": args.model, "dataset": args.dataset, "sparsity": sparsity_report(model, adapter)["sparsity"]}
+    record = {"model": args.model, **_dataset_fields(args, False), "sparsity": sparsity_report(model, adapter)["sparsity"]}
     record.update(_evaluate(model, adapter, splits["test"], args, device))
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(f"{args.model}: perplexity {record['ppl']:.3f} on {args.dataset} test "
@@ -218,7 +267,6 @@ def cmd_eval(args) -> int:
 
 def cmd_quantize(args) -> int:
     """Optionally prune, then quantize (RTN or GPTQ) every prunable linear; evaluate; save a real compressed file."""
-    from .data import calibration_windows
     from .evaluate import peak_rss_mb, sparsity_report
     from .masks import resolve_target
     from .methods import check_method, check_pattern_fits, needs_calibration, prune_model
@@ -239,6 +287,7 @@ def cmd_quantize(args) -> int:
     _positive("calib-samples", args.calib_samples)
     if args.save and args.save.suffix != ".safetensors":
         raise UsageError(f"--save writes one compressed safetensors file: give a path ending in .safetensors, got {args.save}")
+    _check_datasets(args)
     _check_outputs(args)
 
     (model, tokenizer, adapter), device = _load_from_args(args)
@@ -247,17 +296,17 @@ def cmd_quantize(args) -> int:
     check_group_fits(model, adapter, args.group_size)
     if nm:
         check_pattern_fits(model, adapter, nm)
-    splits = _token_splits(tokenizer, args.dataset)
+    loaded: dict = {}
     windows = None
     if args.method == "gptq" or (args.prune and needs_calibration(args.prune)):
-        windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+        windows = _calibration_windows(tokenizer, args, loaded)
     options = {"batch_size": args.batch_size, "device": device, "progress": not args.quiet}
     start = time.perf_counter()
     masks = prune_model(model, adapter, args.prune, target, nm, windows=windows, **options) if args.prune else None
     quantized = quantize_model(model, adapter, args.method, args.bits, args.group_size, windows, sym=args.sym,
                                masks=masks, **options)
     record = {
-        "model": args.model, "dataset": args.dataset, "seed": args.seed, "seqlen": args.seqlen,
+        "model": args.model, **_dataset_fields(args, windows is not None), "seed": args.seed, "seqlen": args.seqlen,
         "method": f"{args.prune}+{args.method}" if args.prune else args.method,
         "pattern": (f"{nm[0]}:{nm[1]}" if nm else "unstructured") if args.prune else "dense",
         "bits": args.bits, "group_size": args.group_size, "sym": args.sym,
@@ -266,7 +315,7 @@ def cmd_quantize(args) -> int:
         "prune_seconds": round(time.perf_counter() - start, 3),
     }
     if args.eval:
-        record.update(_evaluate(model, adapter, splits["test"], args, device))
+        record.update(_evaluate(model, adapter, _token_splits(tokenizer, args.dataset, loaded)["test"], args, device))
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(_format_table([record]), flush=True)  # the result is out before anything can fail to save
     _write_json(args.json_out, record)
@@ -287,7 +336,6 @@ COMPARE_PATTERNS = ("unstructured", "2:4")
 def cmd_compare(args) -> int:
     import torch
 
-    from .data import calibration_windows
     from .evaluate import prune_and_measure
     from .masks import parse_pattern
     from .methods import REGISTRY
@@ -300,11 +348,13 @@ def cmd_compare(args) -> int:
     for pattern in patterns:
         parse_pattern(pattern)
     _positive("calib-samples", args.calib_samples)
+    _check_datasets(args)
     _check_outputs(args)
 
     (model, tokenizer, adapter), device = _load_from_args(args)
-    splits = _token_splits(tokenizer, args.dataset)
-    windows = calibration_windows(splits["train"], args.calib_samples, args.seqlen, args.seed)
+    loaded: dict = {}
+    windows = _calibration_windows(tokenizer, args, loaded)
+    splits = _token_splits(tokenizer, args.dataset, loaded)
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     runs = [("dense", None)] + [(m, p) for p in patterns for m in methods]
@@ -320,11 +370,11 @@ def cmd_compare(args) -> int:
     model.load_state_dict(dense_state)
 
     summary = {
-        "model": args.model, "dataset": args.dataset, "seqlen": args.seqlen, "seed": args.seed,
+        "model": args.model, **_dataset_fields(args, True), "seqlen": args.seqlen, "seed": args.seed,
         "calib_samples": args.calib_samples, "torch_threads": torch.get_num_threads(), "results": records,
     }
     print(f"\n{args.model} on {args.dataset} (test perplexity at seqlen {args.seqlen}, "
-          f"{records[0]['eval_tokens']:,} tokens; {args.calib_samples} calibration windows)")
+          f"{records[0]['eval_tokens']:,} tokens; {args.calib_samples} calibration windows of {args.calib_dataset})")
     print(_format_table(records), flush=True)
     _write_json(args.json_out, summary)
     if args.plot:
