@@ -19,6 +19,7 @@ sit on ``device``: the rest of the model can stay on the CPU (sequential onloadi
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,17 @@ def _to(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every floating-point tensor in it (nested in tuples, lists, dicts) cast to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast_floats(v, dtype) for v in value)
+    return value
+
+
 def _hidden_states(output: Any) -> torch.Tensor:
     """Decoder blocks return a tensor in transformers 5 and a tuple in older releases."""
     return output[0] if isinstance(output, (tuple, list)) else output
@@ -203,6 +215,7 @@ def run_blockwise(
     progress: bool = True,
     description: str = "calibrating",
     after_block: AfterBlock | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Calibrate ``model`` block by block on ``windows`` (an ``(n, seqlen)`` tensor of token ids).
 
@@ -214,6 +227,14 @@ def run_blockwise(
     per-batch input and output hidden states (methods that score blocks rather than prune them,
     e.g. :mod:`pruning_course.structured.layers`, pass ``statistic=None`` and a no-op ``on_block``,
     so each block runs once).
+
+    ``dtype`` (e.g. ``torch.bfloat16``): the block forwards run in that dtype, on a copy of each
+    block made when its turn comes; the statistics still accumulate in float32 and ``on_block``
+    gets the model's own (float32) block, so the pruning math and the pruned weights stay float32.
+    The copy then takes the pruned weights for the pass that feeds the next block. Faster on CPUs
+    with bfloat16 matrix units, at the price of slightly different statistics (the masks agree
+    with a float32 run on most but not all weights: ``benchmarks/engine_speed.py`` measures how many).
+    Neither paper's reference code does this: both calibrate in the model's own dtype (float16 on GPU).
     """
     if windows.dim() != 2:
         raise InputError(f"calibration windows must be an (n, seqlen) tensor of token ids, got shape {tuple(windows.shape)}")
@@ -224,27 +245,33 @@ def run_blockwise(
 
     try:
         inputs = capture_block_inputs(model, adapter, windows, batch_size=batch_size, device=device)
+        if dtype is not None:
+            inputs = [(_cast_floats(hidden, dtype), _cast_floats(kwargs, dtype)) for hidden, kwargs in inputs]
         blocks = adapter.blocks(model)
         for index, block in enumerate(tqdm(blocks, desc=description, unit="block", disable=not progress)):
             block.to(device)
             try:
+                runner = block if dtype is None else copy.deepcopy(block).to(dtype)
                 stats: dict[str, InputStatistic] = {}
                 handles = []
                 if statistic is not None:
-                    for name, linear in adapter.linears(block).items():
+                    for name, linear in adapter.linears(runner).items():
                         stats[name] = statistic(linear)
                         handles.append(linear.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add(args[0])))
                     try:
                         for hidden, kwargs in inputs:
-                            block(hidden, **kwargs)
+                            runner(hidden, **kwargs)
                     finally:
                         for handle in handles:
                             handle.remove()
 
                 on_block(index, block, stats)
                 del stats
+                if runner is not block:
+                    runner.load_state_dict(block.state_dict())  # the pruned weights, cast
 
-                outputs = [(_hidden_states(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+                outputs = [(_hidden_states(runner(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+                del runner
                 if after_block is not None:
                     after_block(index, [hidden for hidden, _ in inputs], [hidden for hidden, _ in outputs])
                 inputs = outputs

@@ -294,6 +294,7 @@ def prune_and_measure(
     batch_size: int = 4,
     device=None,
     progress: bool = False,
+    calib_dtype: torch.dtype | None = None,
     **options,
 ) -> dict:
     """Prune ``model`` in place with a registered one-shot ``method`` and measure it: the record
@@ -329,9 +330,12 @@ def prune_and_measure(
     if not dense:
         engine = {"batch_size": batch_size, "device": device, "progress": progress}
         if owl is not None:
+            if calib_dtype is not None:
+                raise InputError("calib_dtype is not supported with owl yet: calibrate OWL in float32")
             owl_result = prune_owl(model, adapter, windows, target, method, M=owl[0], lam=owl[1], **engine, **options)
         else:
-            prune_model(model, adapter, method, schedule or target, nm, windows=windows, **engine, **options)
+            prune_model(model, adapter, method, schedule or target, nm, windows=windows, calib_dtype=calib_dtype,
+                        **engine, **options)
     record = {
         "method": method,
         "pattern": "dense" if dense else (f"{nm[0]}:{nm[1]}" if nm else "unstructured"),
@@ -340,6 +344,8 @@ def prune_and_measure(
         "calib_samples": len(windows) if windows is not None and not dense and needs_calibration(method) else 0,
         "prune_seconds": round(time.perf_counter() - start, 3),
     }
+    if calib_dtype is not None and not dense and needs_calibration(method):
+        record["calib_dtype"] = str(calib_dtype).removeprefix("torch.")
     if schedule is not None:
         record["block_sparsities"] = schedule
     if owl_result is not None:

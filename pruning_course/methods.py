@@ -73,13 +73,15 @@ def prune_model(
     batch_size: int = 8,
     device=None,
     progress: bool = True,
+    calib_dtype: torch.dtype | None = None,
     **options,
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` in place with the registered ``method``; return the keep-masks by full linear name.
 
     Calibrated methods need ``windows``, an ``(n, seqlen)`` tensor of calibration token ids
     (see :func:`pruning_course.data.calibration_windows`). ``options`` are the method's own
-    (``scope`` for magnitude, ``blocksize``/``percdamp`` for SparseGPT). ``sparsity`` may also be
+    (``scope`` for magnitude, ``blocksize``/``percdamp`` for SparseGPT); ``calib_dtype`` the dtype
+    the calibration forwards run in (default: the model's; statistics and pruning stay float32). ``sparsity`` may also be
     one value per decoder block (a sequence or a callable of the block index, see
     :mod:`pruning_course.schedules`), e.g. from :func:`pruning_course.unstructured.owl.owl_sparsities`.
     Every input is checked before any weight changes (the options and windows by the method's own
@@ -88,4 +90,4 @@ def prune_model(
     spec = get_method(method)
     check_pattern_fits(model, adapter, pattern)
     return spec.prune(model, adapter, sparsity, pattern, windows, batch_size=batch_size, device=device,
-                      progress=progress, **options)
+                      progress=progress, calib_dtype=calib_dtype, **options)

@@ -35,7 +35,7 @@ LayerStep = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
 
 def for_each_linear(model: nn.Module, adapter: ArchitectureAdapter, step, *, statistic: type[InputStatistic] | None = None,
                     windows: torch.Tensor | None = None, batch_size: int = 8, device=None, progress: bool = True,
-                    description: str = "calibrating") -> None:
+                    description: str = "calibrating", calib_dtype: torch.dtype | None = None) -> None:
     """Call ``step(block_index, full_name, linear, statistic)`` for every prunable linear, in block order.
 
     The skeleton every one-shot method and GPTQ share: with a ``statistic`` class, block by block on
@@ -51,7 +51,7 @@ def for_each_linear(model: nn.Module, adapter: ArchitectureAdapter, step, *, sta
             on_block(index, block, {})
         return
     run_blockwise(model, adapter, windows, on_block, statistic=statistic, batch_size=batch_size, device=device,
-                  progress=progress, description=description)
+                  progress=progress, description=description, dtype=calib_dtype)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class OneShotMethod:
         batch_size: int = 8,
         device=None,
         progress: bool = True,
+        calib_dtype: torch.dtype | None = None,
         **options,
     ) -> dict[str, torch.Tensor]:
         """Prune every prunable linear of ``model`` in place; return the keep-masks by full linear name.
@@ -101,7 +102,9 @@ class OneShotMethod:
         index, see :mod:`pruning_course.schedules`), e.g. OWL's non-uniform schedule; ``pattern``
         an N:M pattern such as ``"2:4"``. A calibrated method needs ``windows``, an ``(n, seqlen)``
         tensor of token ids (:func:`pruning_course.data.calibration_windows`); a data-free one
-        ignores ``windows``, ``batch_size`` and ``device``."""
+        ignores ``windows``, ``batch_size``, ``device`` and ``calib_dtype`` (the dtype the calibration
+        forwards run in, e.g. ``torch.bfloat16``; statistics and pruning stay float32: see
+        :func:`~pruning_course.calibration.run_blockwise`)."""
         self.check_options(options)
         targets, nm = block_sparsities(sparsity, len(adapter.blocks(model)), pattern)
         masks: dict[str, torch.Tensor] = {}
@@ -114,5 +117,5 @@ class OneShotMethod:
         if self.needs_data and windows is None:
             raise InputError(f"{self.name} is calibrated: pass calibration windows (data.calibration_windows)")
         for_each_linear(model, adapter, prune_layer, statistic=self.statistic, windows=windows, batch_size=batch_size,
-                        device=device, progress=progress, description=self.name)
+                        device=device, progress=progress, description=self.name, calib_dtype=calib_dtype)
         return masks

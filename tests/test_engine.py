@@ -190,3 +190,64 @@ def test_record_layer_inputs_sees_what_each_layer_receives(tiny, windows):
         assert inputs[name].shape == (windows.numel(), weight_matrix(model.get_submodule(name)).shape[1])
         assert torch.allclose(layer_hessian(inputs[name]), stats[name], atol=1e-5)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration dtype: block forwards in bfloat16, statistics and pruning in float32
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_float32_calibration_copy_changes_nothing(tiny, windows, method):
+    """``calib_dtype=float32`` takes the copy-per-block path with no cast: bit-identical masks and weights."""
+    model, adapter, _ = tiny
+    other = copy.deepcopy(model)
+    plain = prune_model(model, adapter, method, 0.5, windows=windows, progress=False)
+    copied = prune_model(other, adapter, method, 0.5, windows=windows, progress=False, calib_dtype=torch.float32)
+    assert all(torch.equal(plain[name], copied[name]) for name in plain)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_bfloat16_calibration_prunes_a_float32_model_with_masks_close_to_float32(tiny, windows, method):
+    model, adapter, _ = tiny
+    other = copy.deepcopy(model)
+    reference = prune_model(model, adapter, method, 0.5, windows=windows, progress=False)
+    fast = prune_model(other, adapter, method, 0.5, windows=windows, progress=False, calib_dtype=torch.bfloat16)
+    assert {p.dtype for p in other.parameters()} == {torch.float32}
+    agree = sum(int((reference[n] == fast[n]).sum()) for n in reference) / sum(m.numel() for m in reference.values())
+    assert agree > 0.9, f"only {agree:.1%} of the keep-mask agrees with the float32 run"
+    for name, mask in fast.items():  # the same sparsity as float32: per row for Wanda, per layer for SparseGPT
+        if method == "wanda":
+            assert torch.equal(mask.sum(dim=1), reference[name].sum(dim=1)), name
+        assert int(mask.sum()) == int(reference[name].sum()), name
+    assert sparsity_report(other, adapter)["sparsity"] == pytest.approx(sparsity_report(model, adapter)["sparsity"])
+
+
+def test_bfloat16_calibration_statistics_are_float32_and_close(tiny, windows):
+    model, adapter, _ = tiny
+    seen = {}
+
+    def grab(dtype):
+        def on_block(index, block, stats):
+            for name, stat in stats.items():
+                seen[dtype, index, name] = stat.value
+        run_blockwise(model, adapter, windows, on_block, statistic=SquaredInputNorm, progress=False, dtype=dtype)
+
+    grab(None)
+    grab(torch.bfloat16)
+    for (dtype, index, name), value in seen.items():
+        if dtype is None:
+            fast = seen[torch.bfloat16, index, name]
+            assert fast.dtype == torch.float32
+            torch.testing.assert_close(fast, value, rtol=0.05, atol=1e-3)
+
+
+def test_calib_dtype_on_the_command_line(run):
+    code, out, err = run("prune", "--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5",
+                         "--calib-samples", "2", "--seqlen", "32", "--calib-dtype", "bfloat16", "--quiet")
+    assert code == 0, err
+    assert "wanda" in out
+    code, _, err = run("prune", "--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5", "--owl",
+                       "--calib-dtype", "bfloat16")
+    assert code == 2 and "--owl calibrates in float32 only" in err

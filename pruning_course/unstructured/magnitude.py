@@ -68,7 +68,7 @@ class MagnitudeMethod(OneShotMethod):
     also be attached through ``torch.nn.utils.prune``."""
 
     def prune(self, model, adapter, sparsity=0.5, pattern=None, windows=None, *, batch_size=8, device=None,
-              progress=True, **options):
+              progress=True, calib_dtype=None, **options):
         self.check_options(options)
         return prune_magnitude(model, adapter, sparsity, pattern, **options)
 
