@@ -198,6 +198,54 @@ def capture_block_inputs(
     return captured
 
 
+def block_statistics(block: nn.Module, adapter: ArchitectureAdapter, inputs, statistic: type[InputStatistic],
+                     share: bool = True) -> dict[str, InputStatistic]:
+    """One pass of ``inputs`` (a list of (hidden states, keyword arguments)) through ``block`` while
+    hooks accumulate ``statistic`` for each of its prunable linears; returns them by linear name.
+
+    Linears that receive the very same input tensor in every batch (q, k and v after one norm;
+    gate and up) share one statistic, accumulated once: the same numbers, bit for bit, for a
+    third of SparseGPT's ``x x^T`` work. Sharing is decided from what the hooks see, not from any
+    layout, and ``share=False`` accumulates every linear on its own."""
+    linears = adapter.linears(block)
+    stats = {name: statistic(linear) for name, linear in linears.items()}
+    owner: dict[str, str] = {}  # linear -> the earlier linear whose input it got in the first batch
+    seen: dict[str, torch.Tensor] = {}  # this batch's inputs, by linear
+    state = {"first": True, "shared": share}
+
+    def hook(name: str):
+        def record(_module, args, _out):
+            x = args[0]
+            if state["shared"]:
+                if state["first"]:
+                    same = next((other for other, y in seen.items() if y is x), None)
+                    if same is not None:
+                        owner[name] = owner.get(same, same)
+                elif name in owner and seen.get(owner[name]) is not x:
+                    state["shared"] = False  # the inputs stopped being shared: count again, apart
+                seen[name] = x
+                if name in owner:
+                    return
+            stats[name].add(x)
+        return record
+
+    handles = [linear.register_forward_hook(hook(name)) for name, linear in linears.items()]
+    try:
+        for hidden, kwargs in inputs:
+            seen.clear()
+            block(hidden, **kwargs)
+            state["first"] = False
+    finally:
+        for handle in handles:
+            handle.remove()
+        seen.clear()
+    if share and not state["shared"]:
+        return block_statistics(block, adapter, inputs, statistic, share=False)
+    for name, source in owner.items():
+        stats[name] = stats[source]
+    return stats
+
+
 OnBlock = Callable[[int, nn.Module, dict[str, InputStatistic]], None]
 AfterBlock = Callable[[int, list[torch.Tensor], list[torch.Tensor]], None]
 
@@ -252,18 +300,7 @@ def run_blockwise(
             block.to(device)
             try:
                 runner = block if dtype is None else copy.deepcopy(block).to(dtype)
-                stats: dict[str, InputStatistic] = {}
-                handles = []
-                if statistic is not None:
-                    for name, linear in adapter.linears(runner).items():
-                        stats[name] = statistic(linear)
-                        handles.append(linear.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add(args[0])))
-                    try:
-                        for hidden, kwargs in inputs:
-                            runner(hidden, **kwargs)
-                    finally:
-                        for handle in handles:
-                            handle.remove()
+                stats = {} if statistic is None else block_statistics(runner, adapter, inputs, statistic)
 
                 on_block(index, block, stats)
                 del stats

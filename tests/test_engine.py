@@ -251,3 +251,23 @@ def test_calib_dtype_on_the_command_line(run):
     code, _, err = run("prune", "--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5", "--owl",
                        "--calib-dtype", "bfloat16")
     assert code == 2 and "--owl calibrates in float32 only" in err
+
+
+@pytest.mark.parametrize("statistic", [SquaredInputNorm, InputHessian])
+def test_linears_fed_the_same_tensor_share_one_statistic_with_the_same_numbers(tiny, windows, statistic):
+    from pruning_course.calibration import block_statistics
+
+    model, adapter, _ = tiny
+    inputs = capture_block_inputs(model, adapter, windows, batch_size=4)
+    block = adapter.blocks(model)[0]
+    with torch.no_grad():
+        shared = block_statistics(block, adapter, inputs, statistic)
+        apart = block_statistics(block, adapter, inputs, statistic, share=False)
+    assert shared.keys() == apart.keys()
+    for name in shared:
+        assert torch.equal(shared[name].value, apart[name].value), name
+        assert shared[name].tokens == apart[name].tokens
+    distinct = len({id(s) for s in shared.values()})
+    if adapter.family in ("llama", "opt"):  # q, k, v (and gate, up) read one normalised input
+        assert distinct < len(shared)
+    assert len({id(s) for s in apart.values()}) == len(apart)
