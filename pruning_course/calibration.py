@@ -84,6 +84,23 @@ class InputHessian(InputStatistic):
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
+def collect_input_statistic(linear: nn.Module, model: Callable, batches, statistic: type[InputStatistic] = SquaredInputNorm
+                            ) -> torch.Tensor:
+    """The ``statistic`` (Wanda's :class:`SquaredInputNorm` unless told) of what ``linear`` receives while
+    ``model(batch)`` runs for every batch, observed with a forward hook that is removed even if a
+    forward pass raises. ``model`` may be the whole model (batches of token ids) or ``linear`` itself
+    (batches of its inputs): the signature of notebook 03's ``collect_act_sq_norms``."""
+    stat = statistic(linear)
+    handle = linear.register_forward_hook(lambda _module, args, _output: stat.add(args[0].detach()))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        handle.remove()
+    return stat.value
+
+
 def record_layer_inputs(model: nn.Module, names, windows: torch.Tensor, *, batch_size: int = 4,
                         run: Callable[[list[torch.Tensor]], None] | None = None) -> dict[str, torch.Tensor]:
     """The inputs ``(tokens, in_features)`` of the named layers while ``model`` runs over ``windows``.
