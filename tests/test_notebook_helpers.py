@@ -117,3 +117,11 @@ def test_the_reference_hook_statistic_is_the_mean_square_and_leaves_no_hook():
     expected = torch.cat([b.reshape(-1, 5) for b in batches]).pow(2).mean(dim=0)
     assert torch.allclose(collect_input_statistic(linear, linear, batches), expected)
     assert not linear._forward_hooks
+
+
+def test_a_log_axis_only_for_values_that_span_an_order_of_magnitude():
+    from pruning_course.notebook_helpers import value_scale
+
+    assert value_scale([20.2, 45.0, 383.0, 1630.5]) == "log"
+    assert value_scale([376.1, 377.4, 378.0]) == "linear"
+    assert value_scale([0.0, 5.0, 100.0]) == "linear" and value_scale([]) == "linear"
