@@ -68,8 +68,11 @@ class SquaredInputNorm(InputStatistic):
 class InputHessian(InputStatistic):
     """SparseGPT's / GPTQ's layer Hessian ``H = (2 / n) * sum_i x_i x_i^T`` over the n calibration tokens.
 
-    It is the Hessian of the layer-wise reconstruction loss ``||W X - W' X||^2`` with respect to
-    each row of ``W'`` (SparseGPT, Sec. 3.1).
+    It is the Hessian of the layer-wise reconstruction loss ``||X W^T - X W'^T||^2 / n`` (``X`` holds one
+    token per row: the course's notation, notebook 01) with respect to each row of ``W'`` (SparseGPT,
+    Sec. 3.1, writes the same loss as ``||W X - W' X||^2`` with one token per column). We divide by the
+    number of tokens; the reference code divides by the number of calibration sequences, a constant
+    factor that changes no mask or update because the damping is relative to the mean diagonal.
     """
 
     def __init__(self, module: nn.Module):

@@ -125,3 +125,40 @@ def test_a_log_axis_only_for_values_that_span_an_order_of_magnitude():
     assert value_scale([20.2, 45.0, 383.0, 1630.5]) == "log"
     assert value_scale([376.1, 377.4, 378.0]) == "linear"
     assert value_scale([0.0, 5.0, 100.0]) == "linear" and value_scale([]) == "linear"
+
+
+def _notebook_cells():
+    import json
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parent.parent / "solutions").glob("*/*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        yield path.stem, [("".join(c["source"]), c["metadata"].get("nbgrader", {})) for c in cells]
+
+
+def test_the_fallbacks_never_make_an_honest_solution_a_reference_answer():
+    from pruning_course.grading.tampering import exercise_names, reference_answers
+
+    for name, cells in _notebook_cells():
+        exercises = exercise_names([s for s, meta in cells if meta.get("solution")])
+        positions = [(i + 1, s, not meta.get("locked", False)) for i, (s, meta) in enumerate(cells)]
+        assert reference_answers(positions, exercises) == [], name
+
+
+def test_an_exercise_is_rebound_to_the_reference_only_after_every_test_of_it():
+    import ast
+    import re
+
+    rebinds = 0
+    for name, cells in _notebook_cells():
+        for position, (source, meta) in enumerate(cells):
+            for node in ast.walk(ast.parse("\n".join(l for l in source.splitlines() if not l.startswith("%")))):
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                        and getattr(node.value.func, "id", None) == "use_reference_if_unfinished":
+                    rebinds += 1
+                    assert meta.get("locked") and not meta.get("solution"), (name, position)
+                    exercise = node.targets[0].id
+                    later_tests = [p for p, (s, m) in enumerate(cells) if p > position and m.get("grade")
+                                   and re.search(rf"\b{exercise}\b", s)]
+                    assert later_tests == [], f"{name}: a graded cell after the fallback would score the reference"
+    assert rebinds >= 13  # 03, 05, 09, 10, 11, 12
