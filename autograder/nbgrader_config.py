@@ -94,10 +94,13 @@ c.LimitOutput.max_traceback = 100
 # notebook and in the feedback page (the start is kept, then "[... N bytes cut]")
 c.LimitOutputBytes.max_bytes = 100_000
 
-# Feedback shows the autograded notebook, hidden tests included (nbgrader's
-# default).  To hide their source from students, uncomment:
-# c.GenerateFeedback.preprocessors = [
-#     "nbgrader.preprocessors.GetGrades",
-#     "nbgrader.preprocessors.ClearHiddenTests",
-#     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
-# ]
+# Feedback shows the autograded notebook with the hidden tests' source (nbgrader's default, set
+# here on purpose). Every hidden test is the same public check as the visible line above it, called
+# on another set of seeded inputs (`check_x(fn, seed=1)`): its source gives no answer away, the
+# released notebooks say that it exists and what it checks, and a student whose hidden test failed
+# needs to see which call it was to read the check's message. ClearHiddenTests would keep that
+# message but drop the call that produced it.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

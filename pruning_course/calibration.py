@@ -69,8 +69,11 @@ class SquaredInputNorm(InputStatistic):
 class InputHessian(InputStatistic):
     """SparseGPT's / GPTQ's layer Hessian ``H = (2 / n) * sum_i x_i x_i^T`` over the n calibration tokens.
 
-    It is the Hessian of the layer-wise reconstruction loss ``||W X - W' X||^2`` with respect to
-    each row of ``W'`` (SparseGPT, Sec. 3.1).
+    It is the Hessian of the layer-wise reconstruction loss ``||X W^T - X W'^T||^2 / n`` (``X`` holds one
+    token per row: the course's notation, notebook 01) with respect to each row of ``W'`` (SparseGPT,
+    Sec. 3.1, writes the same loss as ``||W X - W' X||^2`` with one token per column). We divide by the
+    number of tokens; the reference code divides by the number of calibration sequences, a constant
+    factor that changes no mask or update because the damping is relative to the mean diagonal.
     """
 
     def __init__(self, module: nn.Module):
@@ -83,6 +86,23 @@ class InputHessian(InputStatistic):
     @property
     def value(self) -> torch.Tensor:
         return self.xtx * (2.0 / max(self.tokens, 1))
+
+
+def collect_input_statistic(linear: nn.Module, model: Callable, batches, statistic: type[InputStatistic] = SquaredInputNorm
+                            ) -> torch.Tensor:
+    """The ``statistic`` (Wanda's :class:`SquaredInputNorm` unless told) of what ``linear`` receives while
+    ``model(batch)`` runs for every batch, observed with a forward hook that is removed even if a
+    forward pass raises. ``model`` may be the whole model (batches of token ids) or ``linear`` itself
+    (batches of its inputs): the signature of notebook 03's ``collect_act_sq_norms``."""
+    stat = statistic(linear)
+    handle = linear.register_forward_hook(lambda _module, args, _output: stat.add(args[0].detach()))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        handle.remove()
+    return stat.value
 
 
 def record_layer_inputs(model: nn.Module, names, windows: torch.Tensor, *, batch_size: int = 4,
