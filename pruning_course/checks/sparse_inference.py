@@ -34,7 +34,7 @@ from ..sparse_inference import (
     to_csr,
 )
 from ..sparse_inference import csr_nbytes as reference_csr_nbytes
-from . import call, diagnose, expect_number, fail, keeps_rng, passed
+from . import call, diagnose, expect_number, fail, graded_check, passed
 
 __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
@@ -45,6 +45,7 @@ __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
 
 def _csr_cases(seed: int) -> list[tuple[torch.Tensor, str]]:
+    __tracebackhide__ = True
     cases = []
     for rows, cols, sparsity, dtype, int32 in ((8, 16, 0.5, torch.float32, False), (12, 10, 0.8, torch.float16, False),
                                                (7, 9, 0.6, torch.float32, True), (5, 20, 0.9, torch.float64, False),
@@ -61,10 +62,11 @@ def _csr_cases(seed: int) -> list[tuple[torch.Tensor, str]]:
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
     """Check ``csr_nbytes(csr)``: the bytes of ``values``, ``col_indices`` and ``crow_indices`` together,
     each ``numel() * element_size()`` of its own dtype."""
+    __tracebackhide__ = True
     name = "csr_nbytes"
     for csr, description in _csr_cases(seed):
         where = f"on {description}"
@@ -107,10 +109,11 @@ def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
     """Check ``memory_break_even(value_bytes, index_bytes)`` = ``i / (v + i)``: above this sparsity CSR
     (values + one column index per non-zero, row pointers neglected) is smaller than dense."""
+    __tracebackhide__ = True
     name = "memory_break_even"
     pairs = [(4, 8), (4, 4), (2, 8), (2, 4), (1, 4), (8, 8), (1, 2)]
     random.Random(seed).shuffle(pairs)
@@ -146,6 +149,7 @@ def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
 
 
 def _finder_cases(seed: int) -> list[tuple[list[float], list[float], str]]:
+    __tracebackhide__ = True
     rng = random.Random(seed)
     jitter = lambda: 1 + 0.02 * rng.random()  # noqa: E731 - different numbers per seed, same shapes
     cases = [
@@ -162,6 +166,7 @@ def _finder_cases(seed: int) -> list[tuple[list[float], list[float], str]]:
 
 
 def _first_crossing(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     points = sorted(zip(s, r))
     if points[0][1] < 1:
         return points[0][0]
@@ -172,6 +177,7 @@ def _first_crossing(s: list[float], r: list[float]) -> float | None:
 
 
 def _no_interpolation(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     points = sorted(zip(s, r))
     slower = [k for k, (_, ratio) in enumerate(points) if ratio >= 1]
     if not slower:
@@ -180,30 +186,35 @@ def _no_interpolation(s: list[float], r: list[float]) -> float | None:
 
 
 def _unsorted(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     return crossing_after_last_slower(list(zip(s, r)))
 
 
 def _reference(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     rows = [{"sparsity": a, "time_ratio": b, "batch": 1, "out_features": 1, "in_features": 1} for a, b in zip(s, r)]
     return break_even_sparsity(rows, 1)
 
 
 def _fmt_sparsity(value: float | None) -> str:
+    __tracebackhide__ = True
     return "None" if value is None else f"{value:.4g}"
 
 
 def _same_sparsity(a: float | None, b: float | None) -> bool:
+    __tracebackhide__ = True
     if a is None or b is None:
         return a is None and b is None
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
-@keeps_rng
+@graded_check
 def check_break_even(break_even: Callable, seed: int = 0) -> None:
     """Check ``break_even(sparsities, time_ratios)`` against the package's ``break_even_sparsity``:
     sort by sparsity; take the LAST point where CSR is not faster (ratio >= 1); interpolate linearly
     between it and the next point to where the ratio is 1; the lowest sparsity if no point is slower;
     ``None`` if the highest sparsity is not faster."""
+    __tracebackhide__ = True
     name = "break_even"
     for sparsities, ratios, description in _finder_cases(seed):
         where = f"on {description} (sparsities {sparsities}, csr/dense time ratios {[round(x, 3) for x in ratios]})"

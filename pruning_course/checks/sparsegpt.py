@@ -35,6 +35,7 @@ from ..calibration import layer_hessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
 from . import (
+    graded_check,
     CheckFailed,
     call,
     close_to,
@@ -62,6 +63,7 @@ __all__ = [
 
 
 def _unchanged(before: torch.Tensor, after: torch.Tensor, what: str, fn_name: str, where: str) -> None:
+    __tracebackhide__ = True
     if not torch.equal(before, after):
         fail(f"{where}: {fn_name} modified {what} in place; work on a copy (e.g. w_row.clone()) or use "
              "out-of-place operations")
@@ -69,6 +71,7 @@ def _unchanged(before: torch.Tensor, after: torch.Tensor, what: str, fn_name: st
 
 def _spd_problem(gen: torch.Generator, cols: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A layer Hessian of correlated, unevenly scaled inputs (dampened like SparseGPT's), its inverse, and the inputs."""
+    __tracebackhide__ = True
     mixing = torch.randn(cols, cols, generator=gen) / math.sqrt(cols) + torch.eye(cols)
     x = (torch.randn(tokens, cols, generator=gen) * torch.logspace(-0.5, 0.5, cols)) @ mixing
     x = x.double()
@@ -82,10 +85,12 @@ def _spd_problem(gen: torch.Generator, cols: int, tokens: int) -> tuple[torch.Te
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
     """Check ``layer_hessian(x)`` = ``2/n X^T X`` for ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``.
 
     Any floating dtype is accepted (float32 or float64)."""
+    __tracebackhide__ = True
     name = "layer_hessian"
     gen = generator(200 + seed)
     cases = [(50, 7), (3, 11, 5), (4, 6, 9), (2, 40, 6), (13, 13)]
@@ -160,8 +165,10 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
     """Check ``obs_remove_weight(w_row, h_inv, q)`` = ``w - (w_q / [H^-1]_qq) H^-1[:, q]`` with ``w'_q = 0``."""
+    __tracebackhide__ = True
     name = "obs_remove_weight"
     gen = generator(300 + seed)
     for cols, qs in ((6, (0, 5)), (9, (4,)), (16, (0, 7, 15))):
@@ -219,8 +226,10 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
     """Check ``obs_saliency(w, h_inv)`` = ``w^2 / [H^-1]_qq`` for a row ``(in,)`` and a matrix ``(out, in)``."""
+    __tracebackhide__ = True
     name = "obs_saliency"
     gen = generator(400 + seed)
     for shape in ((7,), (5, 12), (8, 8), (3, 33)):
@@ -280,9 +289,11 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
     """Check ``relative_reconstruction_error(weight, new_weight, x)`` = ``||X W^T - X W'^T||_F / ||X W^T||_F``
     for ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``."""
+    __tracebackhide__ = True
     name = "relative_reconstruction_error"
     gen = generator(500 + seed)
     for x_shape, out_f in (((40, 10), 6), ((64, 8), 12), ((3, 9, 7), 5), ((30, 6), 6)):

@@ -31,7 +31,7 @@ from . import (
     fail,
     fmt_values,
     generator,
-    keeps_rng,
+    graded_check,
     passed,
     scale_factor,
 )
@@ -52,11 +52,13 @@ __all__ = [
 
 def _positive_factor(value: torch.Tensor, reference: torch.Tensor) -> float | None:
     """The factor ``c > 0`` with ``value == c * reference``, or ``None``."""
+    __tracebackhide__ = True
     c = scale_factor(value, reference)
     return c if c is not None and c > 0 else None
 
 
 def _same_scores(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> bool:
+    __tracebackhide__ = True
     value = value.detach()
     if value.shape != reference.shape:
         return False
@@ -64,6 +66,7 @@ def _same_scores(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-
 
 
 def _hook_count(module: nn.Module) -> int:
+    __tracebackhide__ = True
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
@@ -74,6 +77,7 @@ def _hook_count(module: nn.Module) -> int:
 
 def _stat(tensors: Sequence[torch.Tensor], in_features: int) -> torch.Tensor:
     """The package's statistic (mean over all tokens of x_j^2) over a list of input tensors."""
+    __tracebackhide__ = True
     stat = SquaredInputNorm(nn.Linear(in_features, 1, bias=False))
     for x in tensors:
         stat.add(x.detach())
@@ -82,6 +86,7 @@ def _stat(tensors: Sequence[torch.Tensor], in_features: int) -> torch.Tensor:
 
 def _diagnose_norm_stat(result: torch.Tensor, inputs: list[torch.Tensor], outputs: list[torch.Tensor], where: str) -> None:
     """Fail with the mistake that ``result`` matches, or with a precise generic message."""
+    __tracebackhide__ = True
     in_features = inputs[0].shape[-1]
     reference = _stat(inputs, in_features)
     flat = [x.detach().reshape(-1, in_features).double() for x in inputs]
@@ -120,6 +125,7 @@ def _diagnose_norm_stat(result: torch.Tensor, inputs: list[torch.Tensor], output
 
 
 def _check_norm_result(result, inputs, outputs, out_features: int, where: str) -> float:
+    __tracebackhide__ = True
     in_features = inputs[0].shape[-1]
     if not isinstance(result, torch.Tensor):
         fail(f"{where}: collect_act_sq_norms should return a torch.Tensor with one value per input feature "
@@ -155,9 +161,11 @@ class RecordingHook:
     in another process (:mod:`pruning_course.grading.remote`)."""
 
     def __init__(self):
+        __tracebackhide__ = True
         self.inputs, self.outputs = [], []
 
     def __call__(self, _module, args, output):
+        __tracebackhide__ = True
         self.inputs.append(args[0].detach().clone())
         self.outputs.append(output.detach().clone())
 
@@ -165,6 +173,7 @@ class RecordingHook:
 def _observed_calls(layer: nn.Module, model: nn.Module, batches, collect) -> tuple[Any, int]:
     """Run the learner's ``collect(layer, model, batches)`` with a recording hook on ``layer``;
     return its result and how many times the layer ran during the call."""
+    __tracebackhide__ = True
     probe = layer.register_forward_hook(RecordingHook())
     try:
         result = collect(layer, model, batches)
@@ -176,6 +185,7 @@ def _observed_calls(layer: nn.Module, model: nn.Module, batches, collect) -> tup
 
 def _reference_io(layer: nn.Module, model: nn.Module, batches) -> tuple[list, list]:
     """The layer's inputs and outputs over ``batches``, recorded here by the check itself."""
+    __tracebackhide__ = True
     recorder = RecordingHook()
     handle = layer.register_forward_hook(recorder)
     try:
@@ -187,7 +197,7 @@ def _reference_io(layer: nn.Module, model: nn.Module, batches) -> tuple[list, li
     return recorder.inputs, recorder.outputs
 
 
-@keeps_rng
+@graded_check
 def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     """Check ``collect_act_sq_norms(linear, model, batches)``.
 
@@ -197,6 +207,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     sum divided by the token count (``SquaredInputNorm``); any positive constant multiple is
     accepted, since a constant factor changes no ranking within a row.
     """
+    __tracebackhide__ = True
     name = "collect_act_sq_norms"
     factors = []
 
@@ -255,9 +266,10 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_wanda_scores(wanda_scores: Callable) -> None:
     """Check ``wanda_scores(weight, act_sq_norm) == |W| * sqrt(act_sq_norm)`` (broadcast over rows)."""
+    __tracebackhide__ = True
     name = "wanda_scores"
     cases = []
     gen = generator(32)
@@ -318,6 +330,7 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
 
 
 def _wanda_mask_cases():
+    __tracebackhide__ = True
     gen = generator(33)
     cases = []
     for (rows, cols), sparsity in (((8, 16), 0.5), ((6, 10), 0.3), ((7, 13), 0.5), ((5, 20), 0.75), ((4, 7), 0.6)):
@@ -327,10 +340,11 @@ def _wanda_mask_cases():
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_wanda_mask(wanda_mask: Callable) -> None:
     """Check ``wanda_mask(scores, sparsity)``: a keep-mask removing the ``floor(in * sparsity)`` lowest
     scores of every output row (``pruning_course.masks.per_row_mask``)."""
+    __tracebackhide__ = True
     name = "wanda_mask"
     for scores, sparsity in _wanda_mask_cases():
         rows, cols = scores.shape
@@ -397,6 +411,7 @@ def check_wanda_mask(wanda_mask: Callable) -> None:
 
 
 def _lowest_removed(scores: torch.Tensor, r: int) -> torch.Tensor:
+    __tracebackhide__ = True
     mask = torch.ones_like(scores, dtype=torch.bool)
     if r:
         mask.scatter_(1, torch.topk(scores, r, dim=1, largest=False).indices, False)
@@ -408,9 +423,10 @@ def _lowest_removed(scores: torch.Tensor, r: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_relative_output_error(fn: Callable) -> None:
     """Check ``relative_output_error(x, weight, pruned_weight)`` = ``||X W^T - X W'^T||_F / ||X W^T||_F``."""
+    __tracebackhide__ = True
     name = "relative_output_error"
     gen = generator(34)
     for tokens, out_f, in_f in ((40, 6, 10), (64, 12, 8), (33, 5, 5)):
@@ -457,11 +473,12 @@ def check_relative_output_error(fn: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_nm_mask(nm_mask: Callable) -> None:
     """Check ``nm_mask(scores, n, m)``: keep the ``n`` highest of every group of ``m`` consecutive
     scores along the input dimension (``pruning_course.masks.nm_mask``); a width that is not a
     multiple of ``m`` raises ``ValueError``."""
+    __tracebackhide__ = True
     name = "nm_mask"
     gen = generator(35)
     cases = [((8, 16), 2, 4), ((12, 8), 2, 4), ((6, 12), 1, 4), ((5, 16), 4, 8), ((8, 24), 2, 8), ((3, 12), 1, 3)]

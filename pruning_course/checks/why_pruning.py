@@ -25,7 +25,7 @@ from pruning_course.inventory import PARAMETER_ROLES, parameter_counts
 from pruning_course.masks import num_to_prune, per_matrix_mask, per_row_mask
 from pruning_course.unstructured import magnitude_mask
 
-from . import call, expect_tensor, fail, generator, passed
+from . import call, expect_tensor, fail, generator, graded_check, passed
 
 __all__ = [
     "check_count_parameters",
@@ -45,6 +45,7 @@ _TOKENIZER = None
 
 
 def _tokenizer():
+    __tracebackhide__ = True
     global _TOKENIZER
     if _TOKENIZER is None:
         _TOKENIZER = tiny_tokenizer()
@@ -52,20 +53,24 @@ def _tokenizer():
 
 
 def _tiny(family: str, seed: int = 0) -> nn.Module:
+    __tracebackhide__ = True
     model, _ = tiny_model(family, seed=seed, tokenizer=_tokenizer())
     return model
 
 
 def _untied_llama(seed: int = 0) -> nn.Module:
     """A tiny Llama whose ``lm_head`` is its own matrix (``tie_word_embeddings=False``)."""
+    __tracebackhide__ = True
     return tiny_random_model("llama", seed=seed, vocab_size=len(_tokenizer()), tie_word_embeddings=False)
 
 
 def _label(family: str) -> str:
+    __tracebackhide__ = True
     return f"tiny-{family}"
 
 
 def _is_tied(model: nn.Module, adapter) -> bool:
+    __tracebackhide__ = True
     head = adapter.head(model)
     embedding_ids = {id(p) for m in adapter.embeddings(model) for p in m.parameters()}
     return head is not None and any(id(p) in embedding_ids for p in head.parameters())
@@ -77,6 +82,7 @@ def _is_tied(model: nn.Module, adapter) -> bool:
 
 
 def _as_count(value, key: str, label: str) -> int:
+    __tracebackhide__ = True
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             fail(f"on {label}, counts['{key}'] should be one number, got a tensor of shape {tuple(value.shape)}")
@@ -89,6 +95,7 @@ def _as_count(value, key: str, label: str) -> int:
 
 
 def _count_facts(model: nn.Module, adapter) -> dict:
+    __tracebackhide__ = True
     head = adapter.head(model)
     embeddings = adapter.embeddings(model)
     linears = adapter.named_linears(model).values()
@@ -104,6 +111,7 @@ def _count_facts(model: nn.Module, adapter) -> dict:
 
 def _explain_count(key: str, got: int, expected: int, facts: dict, label: str) -> str:
     """The likely mistake behind ``counts[key] == got`` when ``expected`` was right ('' if none fits)."""
+    __tracebackhide__ = True
     head = facts["head"]
     tie = (f"in {label} lm_head is tied to the token embedding (model.lm_head.weight is the embedding's "
            "weight): one tensor, to be counted once, as embeddings")
@@ -140,8 +148,10 @@ def _explain_count(key: str, got: int, expected: int, facts: dict, label: str) -
     return ""
 
 
+@graded_check
 def check_count_parameters(count_parameters) -> None:
     """``count_parameters(model, adapter)`` must return :func:`~pruning_course.inventory.parameter_counts`."""
+    __tracebackhide__ = True
     cases = [(_label(f), _tiny(f)) for f in TINY_FAMILIES]
     cases.append(("tiny-llama-untied", _untied_llama()))
     for label, model in cases:
@@ -183,6 +193,7 @@ MASK_CASES = [(16, 16, 0.3), (7, 13, 0.5), (32, 10, 0.77), (10, 32, 0.9), (48, 6
 
 def _test_weight(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
     """Mixed signs, rows and columns on different scales (so per-row, per-column and per-matrix differ)."""
+    __tracebackhide__ = True
     base = torch.randn(rows, cols, generator=gen)
     row_scale = torch.exp(0.8 * torch.randn(rows, 1, generator=gen))
     col_scale = torch.exp(0.8 * torch.randn(1, cols, generator=gen))
@@ -191,6 +202,7 @@ def _test_weight(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 def _ordered(weight: torch.Tensor, keep: torch.Tensor) -> bool:
     """True when every removed |w| is at most every kept |w| (the mask is a threshold on |w|)."""
+    __tracebackhide__ = True
     magnitudes = weight.abs()
     if keep.all() or (~keep).all():
         return True
@@ -198,12 +210,14 @@ def _ordered(weight: torch.Tensor, keep: torch.Tensor) -> bool:
 
 
 def _first_mask_difference(got: torch.Tensor, expected: torch.Tensor, weight: torch.Tensor) -> str:
+    __tracebackhide__ = True
     index = tuple(int(i) for i in (got != expected).nonzero()[0])
     return (f"first difference at {list(index)}: w = {weight[index].item():.4g}, your mask says "
             f"{bool(got[index])}, expected {bool(expected[index])}")
 
 
 def _diagnose_mask(got: torch.Tensor, weight: torch.Tensor, sparsity: float, what: str) -> str:
+    __tracebackhide__ = True
     numel = weight.numel()
     k = num_to_prune(numel, sparsity)
     expected = magnitude_mask(weight, sparsity)
@@ -250,8 +264,10 @@ def _diagnose_mask(got: torch.Tensor, weight: torch.Tensor, sparsity: float, wha
             "the smallest |w|; " + _first_mask_difference(got, expected, weight))
 
 
+@graded_check
 def check_magnitude_mask(magnitude_mask_fn, seed: int = 0, cases=None) -> None:
     """``magnitude_mask(weight, sparsity)`` must return the per-matrix keep-mask of the reference."""
+    __tracebackhide__ = True
     gen = generator(seed)
     cases = cases or MASK_CASES
     for rows, cols, sparsity in cases:
@@ -295,11 +311,13 @@ def check_magnitude_mask(magnitude_mask_fn, seed: int = 0, cases=None) -> None:
 
 
 def _module_names(model: nn.Module) -> dict[int, str]:
+    __tracebackhide__ = True
     return {id(m): name for name, m in model.named_modules()}
 
 
 def _resolve_pairs(pairs, model: nn.Module, label: str, fn_name: str) -> list[str]:
     """Names of the modules in the learner's ``(module, "weight")`` pairs, checking the pairs' form."""
+    __tracebackhide__ = True
     if isinstance(pairs, (str, bytes, Mapping)) or not hasattr(pairs, "__iter__"):
         fail(f"{fn_name} should return a list of (module, 'weight') pairs, got {type(pairs).__name__}")
     pairs = list(pairs)
@@ -326,8 +344,10 @@ def _resolve_pairs(pairs, model: nn.Module, label: str, fn_name: str) -> list[st
     return resolved
 
 
+@graded_check
 def check_prunable_linears(prunable_linears_fn) -> None:
     """``prunable_linears(model)``: ``(module, "weight")`` for every block linear of each tiny family."""
+    __tracebackhide__ = True
     for family in TINY_FAMILIES:
         model, label = _tiny(family), _label(family)
         adapter = adapter_for(model)
@@ -368,6 +388,7 @@ def check_prunable_linears(prunable_linears_fn) -> None:
 
 
 def _leftover_prune_state(model: nn.Module) -> list[str]:
+    __tracebackhide__ = True
     found = [n for n, _ in model.named_parameters() if n.endswith("_orig")]
     found += [n for n, _ in model.named_buffers() if n.endswith("_mask")]
     for name, module in model.named_modules():
@@ -378,6 +399,7 @@ def _leftover_prune_state(model: nn.Module) -> list[str]:
 
 def _fail_if_structured(where: str, name: str, kept: torch.Tensor) -> None:
     """Fail when whole output rows or input columns of the ``(out, in)`` keep-mask are pruned."""
+    __tracebackhide__ = True
     rows, cols = int((~kept).all(dim=1).sum()), int((~kept).all(dim=0).sum())
     if rows > 1 or cols > 1:
         what = f"{rows} whole output rows" if rows > 1 else f"{cols} whole input columns"
@@ -388,6 +410,7 @@ def _fail_if_structured(where: str, name: str, kept: torch.Tensor) -> None:
 @torch.no_grad()
 def _with_random_vectors(model: nn.Module, seed: int) -> nn.Module:
     """Give biases and norm scales random values (a fresh model has zeros and ones) so edits show."""
+    __tracebackhide__ = True
     gen = generator(seed)
     for parameter in model.parameters():
         if parameter.dim() == 1:
@@ -395,8 +418,10 @@ def _with_random_vectors(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+@graded_check
 def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -> None:
     """``magnitude_prune_model(model, sparsity)`` prunes every block linear per matrix, in place."""
+    __tracebackhide__ = True
     for family, sparsity in itertools.product(TINY_FAMILIES, sparsities):
         model, label = _with_random_vectors(_tiny(family, seed=1), seed=2), _label(family)
         adapter = adapter_for(model)
