@@ -426,6 +426,11 @@ def _ratio_variants(tensors: list[torch.Tensor], M: float) -> list[tuple[float, 
          "different sizes weigh by their size): outliers / total number of scores"),
         (reference * n, f"you returned the NUMBER of outliers; return their share, divided by the {n} scores"),
         (100 * reference, "you returned a percentage; return a fraction between 0 and 1"),
+        (float((tensors[0].double() > M * tensors[0].double().mean()).sum()) / tensors[0].numel(),
+         "you used only the FIRST score matrix; OWL pools every linear of the block (torch.cat of all of them)"),
+        (float((tensors[-1].double() > M * tensors[-1].double().mean()).sum()) / tensors[-1].numel(),
+         "you used only the LAST score matrix (a loop that overwrites its result?); OWL pools every linear of "
+         "the block"),
     ]
 
 
@@ -439,6 +444,7 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
     __tracebackhide__ = True
     name = "outlier_ratio"
     gen = generator(72)
+    outcomes = []
     for tensors, M, where in _outlier_cases(gen):
         inputs = [t.clone() for t in tensors]
         result = call(outlier_ratio, inputs, M, name=name)
@@ -453,14 +459,17 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
             fail(f"{where}: return a float, got {type(result).__name__}")
         result = float(result)
         reference = reference_outlier_ratio(tensors, M)
-        if math.isclose(result, reference, abs_tol=1e-9):
-            continue
-        diagnose(
-            _ratio_variants(tensors, M),
-            lambda value: (not math.isclose(value, reference, abs_tol=1e-9)
-                           and math.isclose(result, value, rel_tol=1e-6, abs_tol=1e-9)),
-            describe=lambda message: f"{where}: your ratio is {result:.6g}, expected {reference:.6g}: {message}.",
-        )
+        outcomes.append((result, reference, _ratio_variants(tensors, M), tensors, M, where))
+    wrong = [o for o in outcomes if not math.isclose(o[0], o[1], abs_tol=1e-9)]
+    if wrong:
+        # one number can equal several wrong answers by chance: name a mistake only if it explains the
+        # learner's answer on EVERY case (equal where that mistake is wrong, right where it is harmless)
+        for index, (_, message) in enumerate(wrong[0][2]):
+            if all(math.isclose(result, variants[index][0], rel_tol=1e-6, abs_tol=1e-9)
+                   for result, _, variants, *_ in outcomes):
+                result, reference, *_, where = wrong[0]
+                fail(f"{where}: your ratio is {result:.6g}, expected {reference:.6g}: {message}.")
+        result, reference, _, tensors, M, where = wrong[0]
         total = sum(t.numel() for t in tensors)
         fail(f"{where}: your ratio is {result:.6g}, expected {reference:.6g} (= {round(reference * total)} of the "
              f"{total} scores are > {M:g} * their mean over all matrices together).")
