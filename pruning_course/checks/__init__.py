@@ -179,6 +179,16 @@ def call(fn: Callable, *args: Any, name: str | None = None, returns: str | None 
         raise CheckFailed(crash_message(name, error, args, kwargs, returns)) from None
 
 
+def in_another_order(fn: Callable, args: tuple, order: tuple[int, ...], matches: Callable[[Any], bool]) -> bool:
+    """Whether ``fn`` gives the right answer when its arguments come in ``order`` (indices into
+    ``args``): the learner wrote the signature of another notebook's exercise. Never raises."""
+    __tracebackhide__ = True
+    try:
+        return bool(matches(fn(*(args[i] for i in order))))
+    except Exception:  # noqa: BLE001 - in that order too it is wrong
+        return False
+
+
 def call_expecting_value_error(fn: Callable, *args: Any, name: str, what: str, hint: str, **kwargs: Any) -> tuple[bool, Any]:
     """Call the learner's ``fn`` on input it must reject: ``(True, None)`` if it raised ValueError,
     ``(False, result)`` if it returned. "Not implemented yet" fails as in :func:`call`; any other

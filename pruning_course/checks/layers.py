@@ -39,7 +39,7 @@ from ..structured.layers import choose_consecutive_blocks as package_choose_cons
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
 from ..testing import tiny_random_model
-from . import call, call_expecting_value_error, diagnose, expect_number, fail, generator, graded_check, passed
+from . import CheckFailed, call, call_expecting_value_error, diagnose, expect_number, fail, generator, graded_check, passed
 
 __all__ = [
     "angular_distance",
@@ -130,6 +130,16 @@ def _distance_variants(x_in: torch.Tensor, x_out: torch.Tensor) -> list[tuple[fl
          "(dim=-1), one cosine per token"),
         (dist(a.reshape(-1), b.reshape(-1), dim=0), "you took one cosine of the two whole tensors flattened into "
          "single vectors; take one cosine per token, over the hidden dimension (dim=-1), then average"),
+        (dist(b - a, a), "you took the cosine of the block's UPDATE x_out - x_in with x_in; Eq. 7 compares the "
+         "two hidden states themselves: cos(x_in, x_out)"),
+        (dist(b - a, b), "you took the cosine of the block's UPDATE x_out - x_in with x_out; Eq. 7 compares the "
+         "two hidden states themselves: cos(x_in, x_out)"),
+        (dist(a[:, :-1], b[:, 1:]), "you paired each token's input with the NEXT token's output; compare the same "
+         "token's vectors, x_in[b, t] with x_out[b, t]"),
+        (dist(a[:, :-1], a[:, 1:]), "you compared neighbouring tokens of x_in with each other; compare each "
+         "token's input with its own output, cos(x_in[b, t], x_out[b, t])"),
+        (dist(b[:, :-1], b[:, 1:]), "you compared neighbouring tokens of x_out with each other; compare each "
+         "token's input with its own output, cos(x_in[b, t], x_out[b, t])"),
     ]
 
 
@@ -408,7 +418,15 @@ def check_remove_blocks(fn: Callable) -> None:
         where = f"removing blocks {indices} from a tiny {family} with {num_blocks} blocks"
         prompt = torch.randint(0, 384, (2, 5), generator=gen)
 
-        result = call(fn, model, adapter, list(indices), name=name)
+        try:
+            result = call(fn, model, adapter, list(indices), name=name, returns="the model (or None)")
+        except CheckFailed as error:
+            if "cannot assign" in str(error) and "child module" in str(error):
+                raise CheckFailed(f"you assigned a plain Python list to the model's blocks: use nn.ModuleList\n"
+                                  f"{where}: a model's blocks must stay an nn.ModuleList (a plain list would hide "
+                                  "their weights from the model): delete entries in place (del blocks[i]) or "
+                                  f"assign nn.ModuleList(kept_blocks).\n{error}") from None
+            raise
         if result is None:
             result = model
         if not isinstance(result, nn.Module):

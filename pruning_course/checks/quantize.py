@@ -274,7 +274,7 @@ def _diagnose_codes(codes: torch.Tensor, raw_dtype: torch.dtype, s: torch.Tensor
     if bool(_accepted(codes, u, torch.zeros_like(ze), maxq).all()) or same(torch.round(u)):
         fail(f"{where}: your codes are round(x / scale) without the zero point: add it. {fix}: the zero point moves "
              f"the grid so that the most negative weight gets code 0.")
-    if same(torch.round(u) - ze):
+    if same(torch.round(u) - ze) or bool(_accepted(codes, u, -ze, maxq).all()):
         fail(f"{where}: you SUBTRACT the zero point; add it: {fix} (dequantization subtracts it again: "
              "x_hat = scale * (code - zero)).")
     if bool(_accepted(codes, (x - xmin.repeat_interleave(g, dim=1)) / se, torch.zeros_like(ze), maxq).all()):

@@ -331,15 +331,18 @@ def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
              f"per group of {m} consecutive input weights: row 0 has {per_group[0].tolist()}; the weight is {n}:{m} "
              f"when every group of every row has at most {n}.")
 
-    # a width that is not a multiple of m: False or ValueError
-    weight = torch.randn(4, 10, generator=generator(99 + seed))
+    # a width that is not a multiple of m: False or ValueError, even when the whole groups are 2:4 and the
+    # two leftover columns hold at most 2 non-zeros (a validator that drops or pads them says True)
+    weight = _random_nm(4, 8, 2, 4, generator(99 + seed))
+    weight = torch.cat([weight, torch.randn(4, 2, generator=generator(98 + seed))], dim=1)
     raised, answer = call_expecting_value_error(
         is_nm_sparse, weight, 2, 4, name=name, what=f"{name} on a 4x10 weight with 2:4",
         hint=". 10 columns do not split into groups of 4: return False (or raise ValueError) when in_features % m != 0.")
     if not raised:
         if _as_bool(answer, "on a 4x10 weight with 2:4") is not False:
-            fail(f"{name} says a 4x10 weight is 2:4 sparse, but 10 columns do not split into groups of 4: return False "
-                 "(or raise ValueError) when in_features % m != 0.")
+            fail(f"{name} ignores the leftover columns when the width is not a multiple of m\n{name} says a 4x10 "
+                 "weight is 2:4 sparse (its first 8 columns are 2:4, the last 2 form no group of 4), but 10 columns "
+                 "do not split into groups of 4: return False (or raise ValueError) when in_features % m != 0.")
     passed(f"{name}: every group of m consecutive input weights has at most n non-zeros ({len(cases)} cases)")
 
 

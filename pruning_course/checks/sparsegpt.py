@@ -36,6 +36,7 @@ from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
 from . import (
     graded_check,
+    in_another_order,
     CheckFailed,
     call,
     close_to,
@@ -45,6 +46,7 @@ from . import (
     generator,
     describe_largest_difference,
     expect_number,
+    fmt_values,
     passed,
     scale_factor,
 )
@@ -146,6 +148,12 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
             diagnose(diagnoses, lambda factor: math.isclose(c, factor, rel_tol=1e-4), where)
             fail(f"{where}: your H is {c * n / 2:.4g} times the expected 2/n X^T X (n = {n} tokens): check the "
                  "scaling factor")
+        extra = result.detach().double() - reference.double()
+        off_diagonal = extra - torch.diag(extra.diagonal())
+        if float(extra.diagonal().min()) > 0 and float(off_diagonal.abs().max()) <= 1e-4 * float(reference.abs().max()):
+            fail(f"{where}: you added damping to H; layer_hessian returns 2/n X^T X alone\n{where}: your H is "
+                 f"2/n X^T X plus {fmt_values(extra.diagonal())} on the diagonal. SparseGPT dampens H^-1's input, lambda I with "
+                 "lambda = 1% of the mean diagonal, later, when it inverts H; the Hessian itself has no damping.")
         centered = xd - xd.mean(dim=0)
         if scale_factor(result, centered.t() @ centered) is not None:
             fail(f"{where}: you subtracted the mean of the inputs (a covariance). The Hessian of the reconstruction "
@@ -206,6 +214,9 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
                  "invert it again"),
                 (wd - (wd[q] * d) * col,
                  "you multiply by [H^-1]_qq; divide: delta = -(w_q / [H^-1]_qq) * H^-1[:, q]"),
+                (wd - wd[q] * col,
+                 "you did not divide by [H^-1]_qq: delta = -(w_q / [H^-1]_qq) * H^-1[:, q]; only with that division "
+                 "does w'_q become exactly 0"),
                 (kept_q,
                  "you updated the other weights but left w_q in place: removing weight q means w'_q = 0 (the update "
                  "applied to the whole row, including entry q, gives w_q - w_q = 0)"),
@@ -296,7 +307,8 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
     __tracebackhide__ = True
     name = "relative_reconstruction_error"
     gen = generator(500 + seed)
-    for x_shape, out_f in (((40, 10), 6), ((64, 8), 12), ((3, 9, 7), 5), ((30, 6), 6)):
+    # the square weight first: there x @ W (instead of x @ W^T) runs, and can be named
+    for x_shape, out_f in (((30, 6), 6), ((40, 10), 6), ((64, 8), 12), ((3, 9, 7), 5)):
         in_f = x_shape[-1]
         x = torch.randn(*x_shape, generator=gen) * torch.logspace(-1, 1, in_f)
         weight = torch.randn(out_f, in_f, generator=gen)
@@ -304,8 +316,16 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         new_weight = weight * keep + 0.1 * torch.randn(out_f, in_f, generator=gen) * keep  # pruned and updated
         where = f"with x of shape {tuple(x_shape)} and a {out_f}x{in_f} weight"
         args = (weight.clone(), new_weight.clone(), x.clone())
+        reference = relative_output_error(x, weight, new_weight)
+        if in_another_order(fn, (weight.clone(), new_weight.clone(), x.clone()), (2, 0, 1),
+                            lambda value: math.isclose(float(value), reference, rel_tol=1e-4)) and not \
+                in_another_order(fn, (weight.clone(), new_weight.clone(), x.clone()), (0, 1, 2),
+                                 lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
+            fail(f"{where}: your arguments are in notebook 03's order, (x, weight, pruned_weight)\n{where}: "
+                 f"{name} takes (weight, new_weight, x), in that order; your function computes the right value "
+                 "when given x first.")
         try:
-            result = call(fn, *args, name=name)
+            result = call(fn, *args, name=name, returns="one number, a float (or a 0-d tensor)")
         except CheckFailed as error:
             if x.dim() == 3:
                 raise CheckFailed(f"{error}\n{where}: x can be 3-D (batch, seq, in); x @ weight.T works for any "
@@ -314,7 +334,6 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         for before, after, what in zip((weight, new_weight, x), args, ("weight", "new_weight", "x")):
             _unchanged(before, after, what, name, where)
         result = expect_number(result, f"{where}: {name}")
-        reference = relative_output_error(x, weight, new_weight)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
         xd = x.reshape(-1, in_f).double()

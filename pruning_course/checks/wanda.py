@@ -32,6 +32,7 @@ from . import (
     fmt_values,
     generator,
     graded_check,
+    in_another_order,
     passed,
     scale_factor,
 )
@@ -282,7 +283,7 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
         shape = tuple(weight.shape)
         w_in, a_in = weight.clone(), act.clone()
         try:
-            result = call(wanda_scores, w_in, a_in, name=name)
+            result = call(wanda_scores, w_in, a_in, name=name, returns=f"the scores, a tensor of shape {shape}")
         except CheckFailed as error:
             if "size of tensor" in str(error) or "shape" in str(error):
                 raise CheckFailed(f"{error}\nOn a {shape[0]}x{shape[1]} weight: act_sq_norm has one entry per INPUT "
@@ -306,6 +307,10 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
                              "same, but the score of Eq. 1 is |W_ij| * sqrt(act_sq_norm_j)"),
             (weight**2 * sq.sqrt(), "you use W^2 where the score has |W|: |W_ij| * sqrt(act_sq_norm_j)"),
             (weight.abs() * sq.sqrt() ** 0.5, "you take the square root twice"),
+            (weight.abs().expand_as(weight), "your scores are |W| alone: you forgot the activations. Wanda's score "
+             "is |W_ij| * sqrt(act_sq_norm_j), the weight times its input's norm"),
+            (sq.sqrt().expand_as(weight), "your scores are the activation norms alone: multiply by |W_ij|"),
+            (weight.abs() / sq.sqrt(), "you divide by the norm; Wanda multiplies: |W_ij| * sqrt(act_sq_norm_j)"),
         ]
         if shape[0] == shape[1]:
             variants.append((weight.abs() * act.sqrt().unsqueeze(1),
@@ -333,7 +338,9 @@ def _wanda_mask_cases():
     __tracebackhide__ = True
     gen = generator(33)
     cases = []
-    for (rows, cols), sparsity in (((8, 16), 0.5), ((6, 10), 0.3), ((7, 13), 0.5), ((5, 20), 0.75), ((4, 7), 0.6)):
+    # (4, 7) at 0.1: floor(7 * 0.1) = 0, nothing to remove ("handle k = 0")
+    for (rows, cols), sparsity in (((8, 16), 0.5), ((6, 10), 0.3), ((7, 13), 0.5), ((5, 20), 0.75), ((4, 7), 0.6),
+                                   ((4, 7), 0.1)):
         row_scale = torch.logspace(-1, 1, rows)[torch.randperm(rows, generator=gen)].unsqueeze(1)
         scores = torch.rand(rows, cols, generator=gen) * row_scale  # rows of very different scale
         cases.append((scores, sparsity))
@@ -351,9 +358,23 @@ def check_wanda_mask(wanda_mask: Callable) -> None:
         k = num_to_prune(cols, sparsity)
         where = f"on {rows}x{cols} scores at sparsity {sparsity}"
         s_in = scores.clone()
-        mask = call(wanda_mask, s_in, sparsity, name=name)
+        try:
+            mask = call(wanda_mask, s_in, sparsity, name=name,
+                        returns=f"a torch.bool keep-mask of shape {(rows, cols)} (True = keep)")
+        except CheckFailed as error:
+            if k == 0 and "not implemented" not in str(error):
+                raise CheckFailed(f"k = 0 is not handled: at sparsity {sparsity} a row of {cols} loses nothing\n"
+                                  f"{where}: floor({cols} * {sparsity}) = 0 weights per row to remove, and your "
+                                  "function crashed; return an all-True mask when k == 0 (torch.kthvalue refuses "
+                                  f"k = 0).\n{error}") from None
+            raise
         if not torch.equal(s_in, scores):
             fail(f"{where}: wanda_mask modified the scores in place; use out-of-place operations")
+        mask = expect_tensor(mask, (rows, cols), f"the mask {where}")
+        if mask.dtype != torch.bool and bool(((mask == 0) | (mask == 1)).all()):
+            fail(f"the mask has dtype {mask.dtype}: return a boolean keep-mask (torch.bool)\n{where}: the exercise "
+                 "asks for a torch.bool keep-mask, True = keep: build it with a comparison (scores > threshold) "
+                 "or torch.ones_like(scores, dtype=torch.bool), not a float 0/1 tensor.")
         mask = expect_keep_mask(mask, (rows, cols), f"the mask {where}").detach()
         reference = per_row_mask(scores, sparsity)
         if torch.equal(mask, reference):
@@ -434,15 +455,21 @@ def check_relative_output_error(fn: Callable) -> None:
         weight = torch.randn(out_f, in_f, generator=gen)
         pruned = weight * per_row_mask(weight.abs(), 0.5)
         where = f"with x of shape ({tokens}, {in_f}) and a {out_f}x{in_f} weight"
-        result = call(fn, x.clone(), weight.clone(), pruned.clone(), name=name)
+        reference = relative_output_error(x, weight, pruned)
+        if in_another_order(fn, (x.clone(), weight.clone(), pruned.clone()), (1, 2, 0),
+                            lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
+            fail(f"{where}: your arguments are in notebook 02's order, (weight, new_weight, x)\n{where}: "
+                 f"{name} takes (x, weight, pruned_weight), in that order; your function computes the right value "
+                 "when given the weights first.")
+        result = call(fn, x.clone(), weight.clone(), pruned.clone(), name=name, returns="a Python float")
         if isinstance(result, torch.Tensor):
             if result.numel() != 1:
-                fail(f"{where}: return one number (a float or a 0-d tensor), got a tensor of shape {tuple(result.shape)}")
-            result = float(result.detach())
-        if not isinstance(result, (int, float)):
+                fail(f"{where}: return one number (a Python float), got a tensor of shape {tuple(result.shape)}")
+            fail(f"return a Python float, not a tensor: float(value) or value.item()\n{where}: {name} returned "
+                 f"a 0-d tensor ({float(result.detach()):.6g}); the exercise asks for a Python float.")
+        if isinstance(result, bool) or not isinstance(result, (int, float)):
             fail(f"{where}: return a float, got {type(result).__name__}")
         result = float(result)
-        reference = relative_output_error(x, weight, pruned)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
         xd, wd, pd = x.double(), weight.double(), pruned.double()
