@@ -310,7 +310,9 @@ def graded_check(check):
         __tracebackhide__ = True
         try:
             return rng_kept(*args, **kwargs)
-        except CheckFailed:
+        except CheckFailed as failure:
+            if re.search(r"\bNoneType\b|\bgot None\b|returned None instead", str(failure)):
+                raise CheckFailed(f"{failure}\nYour function returned None: did you forget `return`?") from None
             raise
         except Exception as error:  # noqa: BLE001 - an answer the check did not foresee
             learner = getattr(args[0], "__name__", "your function") if args else "your function"

@@ -113,6 +113,8 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
             (_gate_reference(x, 1.0 - gates),
              "you multiplied by 1 - gates: a gate of 1 keeps the head, 0 switches it off (xi_h multiplies Att_h)"),
             (x * gates.mean(), "you multiplied every feature by the same number; each head has its own gate"),
+            (x + gates.repeat_interleave(head_dim), "you ADD the gates; a gate MULTIPLIES its head's features "
+             "(x * gates.repeat_interleave(head_dim)): 0 switches the head off, 1 keeps it"),
         ]
         diagnose(variants, lambda variant: close_to(result, variant, 1e-5), where)
         index, got, want = largest_difference(result, reference)

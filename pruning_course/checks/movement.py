@@ -319,7 +319,10 @@ def check_cubic_sparsity(schedule: Callable) -> None:
         values = []
         for t in range(total):
             value = call(schedule, t, total, final, initial_sparsity=initial, warmup_steps=warmup,
-                         cooldown_steps=cooldown, name=name)
+                         cooldown_steps=cooldown, name=name, returns="the sparsity at that step, a Python float")
+            if isinstance(value, torch.Tensor):
+                fail(f"return a Python float, not a tensor: float(value) or value.item()\n{where}: {name} returned "
+                     f"a {tuple(value.shape)} tensor at step {t}; the exercise asks for the sparsity as a Python float.")
             try:
                 values.append(float(value))
             except (TypeError, ValueError):
