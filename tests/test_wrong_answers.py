@@ -10,7 +10,8 @@ from wrong_answers import load, run_check, verdict
 REFERENCES, WRONG = load()
 EXPORTED = sorted({name for module in ("curation", "heads", "layers", "movement", "quantize", "semi_structured",
                                        "sensitivity", "sparse_inference", "sparsegpt", "wanda", "why_pruning", "width")
-                   for name in __import__(f"pruning_course.checks.{module}", fromlist=["__all__"]).__all__})
+                   for name in __import__(f"pruning_course.checks.{module}", fromlist=["__all__"]).__all__
+                   if name.startswith("check_")})
 
 
 def test_every_check_has_a_reference_and_at_least_eight_wrong_answers():

@@ -30,6 +30,7 @@ import torch
 HEADLINE_CHARS = 80
 _WHERE = re.compile(r"^(?:on|with|for|case|in|at|after|when|from|model\.|the tiny|a tiny|round|block|layer)\b[^;]*?: ",
                     re.IGNORECASE)
+_YOU = re.compile(r"\byou|\byour", re.IGNORECASE)
 _CLAUSE_END = re.compile(r"(?:[.;:!?](?=\s)| \(| - |, (?=but|so|not|then|which|because|while|expected|got|and))")
 
 
@@ -44,6 +45,9 @@ def headline(message: str) -> str:
     if len(first) <= HEADLINE_CHARS:
         return message
     where = _WHERE.match(first)
+    prefix, colon, after = first.partition(": ")
+    if not where and colon and not _YOU.search(prefix) and _YOU.search(after[:80]):
+        where = re.match(re.escape(prefix + colon), first)  # "scores of shape (7, 13): you ...": the context
     diagnosis = first[where.end():] if where and len(first) - where.end() > 20 else first
     head = diagnosis[:HEADLINE_CHARS + 1]
     cuts = [m.start() for m in _CLAUSE_END.finditer(head) if 15 <= m.start() <= HEADLINE_CHARS]
@@ -52,7 +56,6 @@ def headline(message: str) -> str:
     else:
         head = diagnosis[:HEADLINE_CHARS - 4].rsplit(" ", 1)[0] + " ..."
     head = head.rstrip(" ,;:")
-    head = head[0].upper() + head[1:]
     return f"{head}\n{first}{newline}{rest}"
 
 

@@ -119,7 +119,7 @@ def check_is_section_header(is_section_header: Callable) -> None:
     cases = _header_cases()
     answers = []
     for text, _why in cases:
-        result = call(is_section_header, text, name=name)
+        result = call(is_section_header, text, name=name, returns="True or False (a bool)")
         if not isinstance(result, bool):
             hint = " (re.match returns a Match object or None: wrap it in bool(...))" if result is None or isinstance(
                 result, re.Match) else ""
@@ -181,7 +181,7 @@ def check_is_long_enough(is_long_enough: Callable) -> None:
     cases = _length_cases()
     answers = []
     for text, min_chars, min_words in cases:
-        result = call(is_long_enough, text, min_chars=min_chars, min_words=min_words, name=name)
+        result = call(is_long_enough, text, min_chars=min_chars, min_words=min_words, name=name, returns="True or False (a bool)")
         if not isinstance(result, bool):
             fail(f"{name}({text!r}, min_chars={min_chars}, min_words={min_words}) returned {type(result).__name__}, "
                  "not True or False. Dataset.filter needs a bool for every row.")
@@ -285,7 +285,7 @@ def _run_dedup(exact_dedup: Callable, texts: Sequence[str], num_proc: int | None
     name = "exact_dedup"
     dataset = datasets.Dataset.from_dict({curation.TEXT: list(texts)})
     with _quiet_datasets():
-        result = call(exact_dedup, dataset, num_proc=num_proc, name=name)
+        result = call(exact_dedup, dataset, num_proc=num_proc, name=name, returns="the deduplicated datasets.Dataset")
     if isinstance(result, tuple) and result and isinstance(result[0], datasets.Dataset):
         fail(f"{name} returned a tuple; return only the deduplicated Dataset (the package's exact_dedup also "
              "returns a report, your exercise does not)")
@@ -490,7 +490,7 @@ def check_minhash_of(minhash_of: Callable) -> None:
     for text, ngram, num_perm, seed in _minhash_cases():
         where = f"for the text {_show(text, 40)} with ngram={ngram}, num_perm={num_perm}, seed={seed}"
         try:
-            result = call(minhash_of, text, ngram=ngram, num_perm=num_perm, seed=seed, name=name)
+            result = call(minhash_of, text, ngram=ngram, num_perm=num_perm, seed=seed, name=name, returns="a datasketch.MinHash")
         except CheckFailed as error:
             if "encoded before hashing" in str(error):
                 raise CheckFailed(f"{error}\n{where}: MinHash.update takes bytes: m.update(shingle.encode('utf-8')).") \
@@ -636,7 +636,7 @@ def check_lsh_near_duplicates(lsh_near_duplicates: Callable) -> None:
         minhashes = curation.compute_minhashes(texts, ngram=3, num_perm=num_perm, seed=1)
         where = f"on {len(texts)} made-up documents with planted near-copies, threshold={threshold}, num_perm={num_perm}"
         try:
-            result = call(lsh_near_duplicates, list(minhashes), threshold=threshold, name=name)
+            result = call(lsh_near_duplicates, list(minhashes), threshold=threshold, name=name, returns="a dict {duplicate index: index of the kept row it matches}")
         except CheckFailed as error:
             if "Expecting minhash with length" in str(error):
                 raise CheckFailed(f"{error}\n{where}: build the index with the signatures' length, "
@@ -750,7 +750,7 @@ def check_pack_batch(pack_batch: Callable) -> None:
     eos = tokenizer.eos_token_id
     for texts, size in _sequence_pack_cases():
         where = f"on a batch of {len(texts)} documents with block_size={size}"
-        out = call(pack_batch, {curation.TEXT: list(texts)}, tokenizer, size, name=name)
+        out = call(pack_batch, {curation.TEXT: list(texts)}, tokenizer, size, name=name, returns="a dict with 'input_ids' and 'labels', lists of blocks of block_size token ids")
         if not isinstance(out, dict):
             fail(f"{where}: {name} should return a dict of columns {{'input_ids': [...], 'labels': [...]}}, got "
                  f"{type(out).__name__}")

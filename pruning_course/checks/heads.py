@@ -94,7 +94,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
         gates[int(torch.randint(num_heads, (1,), generator=gen))] = 0.0
         where = f"with x of shape {shape} ({num_heads} heads of {head_dim} features) and gates {fmt_values(gates, 6)}"
         x_in, gates_in = x.clone(), gates.clone()
-        result = call(gate_heads, x_in, gates_in, name=name)
+        result = call(gate_heads, x_in, gates_in, name=name, returns="a tensor of x's shape: x with each head's features multiplied by its gate")
         if not torch.equal(x_in, x):
             fail(f"{where}: gate_heads modified x in place. Return a new tensor (x * g, not x *= g or x.mul_(g)): "
                  "the hook's input is the attention's output, which autograd still needs for the backward pass.")
@@ -126,7 +126,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
     x = torch.randn(3, 4, 12, generator=gen)
     gates = torch.ones(4, requires_grad=True)
     weights = torch.randn(3, 4, 12, generator=gen)
-    result = call(gate_heads, x, gates, name=name)
+    result = call(gate_heads, x, gates, name=name, returns="a tensor of x's shape: x with each head's features multiplied by its gate")
     if not isinstance(result, torch.Tensor) or not result.requires_grad:
         fail("with gates that require grad (torch.ones(4, requires_grad=True)) the result does not require grad: the "
              "gates were detached (.detach(), .tolist(), torch.tensor(gates) or torch.no_grad()). Build the gated "
@@ -150,7 +150,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
         __tracebackhide__ = True
         def gate(_module, args):
             __tracebackhide__ = True
-            return (call(gate_heads, args[0], mask[layer], name=name), *args[1:])
+            return (call(gate_heads, args[0], mask[layer], name=name, returns="a tensor of x's shape: x with each head's features multiplied by its gate"), *args[1:])
         return gate
 
     handles = [block.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, block in enumerate(adapter.blocks(model))]
@@ -194,7 +194,7 @@ def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
         grads = torch.randn(windows, layers, heads, generator=gen) * layer_scale + 0.3 * layer_scale
         where = f"with grads of shape ({windows}, {layers}, {heads}) (windows, layers, heads)"
         grads_in = grads.clone()
-        result = call(michel_importance, grads_in, name=name)
+        result = call(michel_importance, grads_in, name=name, returns="a (layers, heads) tensor, each layer's row L2-normalised")
         if not torch.equal(grads_in, grads):
             fail(f"{where}: michel_importance modified grads in place (e.g. grads.abs_()); use out-of-place operations.")
         if isinstance(result, torch.Tensor) and tuple(result.shape) in ((windows, layers), (windows, heads)) and \
@@ -336,7 +336,7 @@ def check_choose_heads_within_groups(choose_heads_within_groups: Callable, seed:
         g = heads // kv
         where = (f"with importance of shape ({layers}, {heads}), {kv} kv groups of {g} heads and steps={steps}")
         imp_in = importance.clone()
-        result = call(choose_heads_within_groups, imp_in, kv, steps, name=name)
+        result = call(choose_heads_within_groups, imp_in, kv, steps, name=name, returns="a dict {layer: sorted list of query heads to remove}")
         if not torch.equal(imp_in, importance):
             fail(f"{where}: your function modified the importance tensor in place; work on a copy.")
         choice = _as_choice(result, layers, heads, where)
@@ -489,7 +489,7 @@ def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
                  f"{remove}")
         inputs = [w.clone() for w in (wq, wk, wv, wo)]
         try:
-            result = call(slice_heads, *inputs, list(remove), head_dim, kv, name=name)
+            result = call(slice_heads, *inputs, list(remove), head_dim, kv, name=name, returns="(wq, wk, wv, wo) without the removed heads")
         except CheckFailed as error:
             if "index" in str(error).lower() or "size" in str(error).lower():
                 raise CheckFailed(f"{error}\n{where}: the shapes are: {_LAYOUT_HINT}.") from None

@@ -152,7 +152,7 @@ def _check_distance_case(fn: Callable, x_in: torch.Tensor, x_out: torch.Tensor, 
     __tracebackhide__ = True
     name = "angular_distance"
     a, b = x_in.clone(), x_out.clone()
-    result = _one_distance(call(fn, a, b, name=name), where, name, tuple(x_in.shape[:2]))
+    result = _one_distance(call(fn, a, b, name=name, returns="one number, a float or a 0-d tensor"), where, name, tuple(x_in.shape[:2]))
     if not (torch.equal(a, x_in) and torch.equal(b, x_out)):
         fail(f"{where}: {name} modified its inputs in place (e.g. normalising with /=); the hidden states are needed "
              "again afterwards: use out-of-place operations")
@@ -294,7 +294,7 @@ def check_choose_consecutive_blocks(fn: Callable) -> None:
     for num_blocks, n, distances in _block_choice_cases(gen):
         where = f"with {num_blocks} blocks, n={n} ({distances.numel()} distances)"
         d_in = distances.clone()
-        got = _as_indices(call(fn, d_in, n, name=name), where, name)
+        got = _as_indices(call(fn, d_in, n, name=name, returns="a list of the n consecutive block indices to remove"), where, name)
         if not torch.equal(d_in, distances):
             fail(f"{where}: {name} modified the distances in place; use out-of-place operations")
         expected = package_choose_consecutive_blocks(distances, n)

@@ -31,7 +31,7 @@ _FORWARD_CASES = [((7, 13), 0.3), ((5, 33), 0.9), ((1, 9), 0.5), ((12, 10), 0.75
 def _apply(binarizer, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     __tracebackhide__ = True
     try:
-        return call(binarizer.apply, scores, sparsity, name="TopKBinarizer.apply")
+        return call(binarizer.apply, scores, sparsity, name="TopKBinarizer.apply", returns="the float keep-mask Top_v(scores), of the scores' shape")
     except AssertionError as error:
         message = str(error)
         if "incorrect number of gradients" in message:
@@ -398,7 +398,7 @@ def check_movement_score_update(update: Callable) -> None:
         reference, grad = _reference_score_step(weight, scores, sparsity, x, upstream, lr)
         where = f"a {out_features}x{in_features} layer, lr={lr}"
         inputs = {"weight": weight.clone(), "grad": grad.clone()}
-        result = call(update, scores.clone(), inputs["weight"], inputs["grad"], lr, name=name)
+        result = call(update, scores.clone(), inputs["weight"], inputs["grad"], lr, name=name, returns="the updated scores, a tensor of the scores' shape")
         for what, tensor in inputs.items():
             if not torch.equal(tensor, weight if what == "weight" else grad):
                 fail(f"{where}: {name} changed the {what} in place; only the scores are updated")

@@ -323,7 +323,7 @@ def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
         rows, cols = weight.shape
         maxq = 2**bits - 1
         w_in = weight.clone()
-        result = call(quantize_rtn, w_in, bits, g, name=name)
+        result = call(quantize_rtn, w_in, bits, g, name=name, returns="(codes, scales, zeros): codes (out, in), scales and zeros (out, in // group_size)")
         if not torch.equal(w_in, weight):
             fail(f"{where}: {name} modified the weight in place; compute new tensors instead")
         codes, scales, zeros = _check_rtn_shapes(result, rows, cols, g, where)
@@ -405,7 +405,7 @@ def check_pack_int4(pack_int4: Callable, seed: int = 0) -> None:
         n = codes.numel()
         where = f"on {n} codes of shape {tuple(codes.shape)} ({fmt_values(codes, 6)})"
         c_in = codes.clone()
-        packed = call(pack_int4, c_in, name=name)
+        packed = call(pack_int4, c_in, name=name, returns="a 1-D torch.uint8 tensor of ceil(n / 2) bytes")
         if not torch.equal(c_in, codes):
             fail(f"{where}: {name} modified the codes in place; build a new tensor")
         if not isinstance(packed, torch.Tensor):
@@ -462,7 +462,7 @@ def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
         packed = pack_int(codes, 4)
         where = f"on {packed.numel()} bytes ({fmt_values(packed, 4)}) holding {n} codes"
         p_in = packed.clone()
-        result = call(unpack_int4, p_in, n, name=name)
+        result = call(unpack_int4, p_in, n, name=name, returns="a 1-D torch.uint8 tensor of count codes")
         if not torch.equal(p_in, packed):
             fail(f"{where}: {name} modified the packed bytes in place")
         if not isinstance(result, torch.Tensor):
@@ -555,7 +555,7 @@ def check_compressed_nbytes(compressed_nbytes: Callable, seed: int = 0) -> None:
         where = f"for rows={rows}, cols={cols}, kept={kept}, bits={bits}, group_size={g}"
         parts = _encoded(rows, cols, kept, bits, g, gen)
         expected = sum(parts.values())
-        value = expect_number(call(compressed_nbytes, rows, cols, kept, bits, g, name=name), f"{where}: {name}", kind="the number of bytes as an int")
+        value = expect_number(call(compressed_nbytes, rows, cols, kept, bits, g, name=name, returns="the number of bytes, an int"), f"{where}: {name}", kind="the number of bytes as an int")
         if value == expected:
             continue
         groups = cols // g

@@ -134,7 +134,7 @@ def check_convert_to_2_4(convert_to_2_4: Callable, seed: int = 0) -> None:
         rows, cols = weight.shape
         where = f"on a {rows}x{cols} weight with {'|W|' if kind == 'magnitude' else 'Wanda-like'} scores"
         w_in, s_in = weight.clone(), scores.clone()
-        result = call(convert_to_2_4, w_in, s_in, name=name)
+        result = call(convert_to_2_4, w_in, s_in, name=name, returns="the 2:4 weight, a tensor of the weight's shape")
         if not torch.equal(w_in, weight) or not torch.equal(s_in, scores):
             fail(f"{where}: {name} modified its {'weight' if not torch.equal(w_in, weight) else 'scores'} argument in "
                  "place (e.g. weight.mul_ or weight[...] = 0); return a new tensor: weight * mask")
@@ -301,7 +301,7 @@ def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
         where = f"on {description} ({weight.shape[0]}x{weight.shape[1]}, {n}:{m})"
         w_in = weight.clone()
         try:
-            answer = call(is_nm_sparse, w_in, n, m, name=name)
+            answer = call(is_nm_sparse, w_in, n, m, name=name, returns="True or False")
         except CheckFailed as error:
             if "not implemented yet" in str(error):
                 raise
@@ -398,7 +398,7 @@ def check_compress_2_4(compress_2_4: Callable, seed: int = 0) -> None:
         dtype = str(weight.dtype).removeprefix("torch.")
         where = f"on a {rows}x{cols} 2:4 weight in {dtype}"
         w_in = weight.clone()
-        result = call(compress_2_4, w_in, name=name)
+        result = call(compress_2_4, w_in, name=name, returns="(values, packed): values (out, in // 2), packed uint8 positions")
         if not torch.equal(w_in, weight):
             fail(f"{where}: {name} modified the weight in place; build new tensors instead")
         if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -460,7 +460,7 @@ def check_decompress_2_4(decompress_2_4: Callable, seed: int = 0) -> None:
         where = f"on a {rows}x{cols} 2:4 weight in {str(weight.dtype).removeprefix('torch.')}"
         c = compress_nm(weight, 2, 4)
         v_in, p_in = c.values.clone(), c.indices.clone()
-        result = call(decompress_2_4, v_in, p_in, (rows, cols), name=name)
+        result = call(decompress_2_4, v_in, p_in, (rows, cols), name=name, returns="the dense (out, in) weight")
         if not torch.equal(v_in, c.values) or not torch.equal(p_in, c.indices):
             fail(f"{where}: {name} modified its inputs in place")
         result = expect_tensor(result, (rows, cols), f"the decompressed weight {where}", dtype=weight.dtype).detach()

@@ -186,7 +186,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
     original = {name: weight_matrix(m).detach().clone() for name, m in adapter.named_linears(model).items()}
 
     counted = CountingEvaluator(ids, SCAN_SEQLEN, where)
-    result = call(fn, model, adapter, counted, sparsity, name="sensitivity_scan")
+    result = call(fn, model, adapter, counted, sparsity, name="sensitivity_scan", returns="one perplexity increase (a float) per block, in block order")
     if not counted.calls:
         fail(f"{where}: sensitivity_scan never called evaluate(model): measure the dense model once, then the model "
              "with each block pruned")
@@ -304,7 +304,7 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
     gen = generator(71)
     for sensitivity, counts, target, spread in _schedule_cases(gen):
         where = f"for {len(counts)} blocks with counts {counts}, target {target}, spread {spread}"
-        result = call(sensitivity_schedule, sensitivity.clone(), list(counts), target, spread, name=name)
+        result = call(sensitivity_schedule, sensitivity.clone(), list(counts), target, spread, name=name, returns="one sparsity per block (a tensor or a list of floats)")
         values = _numbers(result, len(counts), where, name, "one sparsity per block")
         reference = schedule_from_sensitivity(sensitivity, target, spread, counts=counts, mapping="rank")
         if _close(values, reference, 1e-6):
@@ -447,7 +447,7 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
     outcomes = []
     for tensors, M, where in _outlier_cases(gen):
         inputs = [t.clone() for t in tensors]
-        result = call(outlier_ratio, inputs, M, name=name)
+        result = call(outlier_ratio, inputs, M, name=name, returns="one number, the share of outliers (a float)")
         if any(not torch.equal(a, b) for a, b in zip(inputs, tensors)):
             fail(f"{where}: outlier_ratio modified the scores in place; use out-of-place operations")
         if isinstance(result, torch.Tensor):
@@ -498,7 +498,7 @@ def check_owl_sparsities(owl_sparsities: Callable) -> None:
     ]
     for ratios, target, lam in cases:
         where = f"for {ratios.numel()} blocks, target {target}, lambda {lam}"
-        result = call(owl_sparsities, ratios.clone(), target, lam, name=name)
+        result = call(owl_sparsities, ratios.clone(), target, lam, name=name, returns="one sparsity per block (a tensor)")
         values = _numbers(result, ratios.numel(), where, name, "one sparsity per block")
         reference = reference_owl_sparsities(ratios, target, lam)
         if _close(values, reference, 1e-6):

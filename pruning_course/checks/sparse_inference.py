@@ -70,7 +70,7 @@ def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
     name = "csr_nbytes"
     for csr, description in _csr_cases(seed):
         where = f"on {description}"
-        got = expect_number(call(csr_nbytes, csr, name=name), f"{where}: {name}", "the bytes of the CSR tensor", kind="a number")
+        got = expect_number(call(csr_nbytes, csr, name=name, returns="the number of bytes (an int)"), f"{where}: {name}", "the bytes of the CSR tensor", kind="a number")
         expected = reference_csr_nbytes(csr)
         if got == expected:
             continue
@@ -119,7 +119,7 @@ def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
     random.Random(seed).shuffle(pairs)
     for v, i in pairs:
         where = f"with {v}-byte values and {i}-byte indices"
-        got = expect_number(call(memory_break_even, v, i, name=name), f"{where}: {name}", "a sparsity between 0 and 1", kind="a number")
+        got = expect_number(call(memory_break_even, v, i, name=name, returns="the break-even sparsity, a float between 0 and 1"), f"{where}: {name}", "a sparsity between 0 and 1", kind="a number")
         expected = csr_memory_break_even(v, i)
         if math.isclose(got, expected, rel_tol=1e-9):
             continue

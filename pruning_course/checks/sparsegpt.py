@@ -105,7 +105,7 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
         where = f"with x of shape {tuple(shape)} ({n} tokens, {cols} inputs{', float64' if x.dtype == torch.float64 else ''})"
         x_in = x.clone()
         try:
-            result = call(fn, x_in, name=name)
+            result = call(fn, x_in, name=name, returns="H, an (in, in) floating-point tensor")
         except CheckFailed as error:
             if x.dim() == 3:
                 raise CheckFailed(f"{error}\n{where}: x can be 3-D (batch, seq, in): flatten batch and sequence "
@@ -185,7 +185,7 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
         for q in qs:
             where = f"with {cols} weights and q = {q}"
             w_in, h_in = w.clone(), h_inv.clone()
-            result = call(fn, w_in, h_in, q, name=name)
+            result = call(fn, w_in, h_in, q, name=name, returns="the updated row, a tensor of shape (in,)")
             _unchanged(w, w_in, "w_row", name, where)
             _unchanged(h_inv, h_in, "h_inv", name, where)
             result = expect_tensor(result, (cols,), f"the updated row {where}")
@@ -250,7 +250,7 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
         where = f"with w of shape {tuple(shape)}"
         w_in, h_in = w.clone(), h_inv.clone()
         try:
-            result = call(fn, w_in, h_in, name=name)
+            result = call(fn, w_in, h_in, name=name, returns="the saliencies, a tensor of w's shape")
         except CheckFailed as error:
             if w.dim() == 2:
                 raise CheckFailed(f"{error}\n{where}: w may be a whole (out, in) matrix; broadcasting handles a row "

@@ -222,7 +222,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     batches = [torch.randn(b, 3, in_features, generator=gen) * scales for b in (2, 3, 1)]
     hooks_before = _hook_count(linear)
     weight_before = linear.weight.detach().clone()
-    result, runs = _observed_calls(linear, linear, batches, lambda *a: call(collect_act_sq_norms, *a, name=name))
+    result, runs = _observed_calls(linear, linear, batches, lambda *a: call(collect_act_sq_norms, *a, name=name, returns="a (in_features,) tensor, one value per input feature"))
     if _hook_count(linear) != hooks_before:
         fail("your function left a hook registered on the layer: keep the handle that register_forward_hook returns "
              "and call handle.remove() when the batches are done (in a `finally:` block, so it goes even on errors)")
@@ -243,7 +243,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     for block, layer_name in ((1, "self_attn.o_proj"), (0, "mlp.down_proj")):
         layer = model.get_submodule(f"model.layers.{block}.{layer_name}")
         hooks_before = _hook_count(model)
-        result, runs = _observed_calls(layer, model, batches, lambda *a: call(collect_act_sq_norms, *a, name=name))
+        result, runs = _observed_calls(layer, model, batches, lambda *a: call(collect_act_sq_norms, *a, name=name, returns="a (in_features,) tensor, one value per input feature"))
         if _hook_count(model) != hooks_before:
             fail(f"after your function, model.layers.{block}.{layer_name} (or another module) still has a hook "
                  "registered: call handle.remove() when the batches are done (in a `finally:` block)")
@@ -514,7 +514,7 @@ def check_nm_mask(nm_mask: Callable) -> None:
         where = f"on {rows}x{cols} scores with {n}:{m}"
         s_in = scores.clone()
         try:
-            mask = call(nm_mask, s_in, n, m, name=name)
+            mask = call(nm_mask, s_in, n, m, name=name, returns="a torch.bool keep-mask of the scores' shape")
         except CheckFailed as error:
             if "out of range" in str(error) or "selected index k" in str(error):
                 raise CheckFailed(f"{error}\n{where}: topk(k) needs k <= the group size. Groups have M = {m} "

@@ -157,7 +157,7 @@ def check_count_parameters(count_parameters) -> None:
     for label, model in cases:
         adapter = adapter_for(model)
         expected = parameter_counts(model, adapter)
-        got = call(count_parameters, model, adapter, name="count_parameters")
+        got = call(count_parameters, model, adapter, name="count_parameters", returns="a dict with the keys embeddings, lm_head, prunable_linears, other, total")
         if not isinstance(got, Mapping):
             fail(f"count_parameters should return a dict with keys {list(PARAMETER_ROLES)}, got {type(got).__name__}")
         missing = [k for k in PARAMETER_ROLES if k not in got]
@@ -364,7 +364,7 @@ def check_prunable_linears(prunable_linears_fn) -> None:
     for family in TINY_FAMILIES:
         model, label = _tiny(family), _label(family)
         adapter = adapter_for(model)
-        got = _resolve_pairs(call(prunable_linears_fn, model, name="prunable_linears"), model, label,
+        got = _resolve_pairs(call(prunable_linears_fn, model, name="prunable_linears", returns="a list of (module, 'weight') pairs"), model, label,
                              "prunable_linears")
         expected = list(adapter.named_linears(model))
         duplicates = sorted({n for n in got if got.count(n) > 1})
@@ -462,7 +462,7 @@ def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -
         model, label = _with_random_vectors(tiny, seed=2), _label(family)
         adapter = adapter_for(model)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        call(magnitude_prune_model, model, sparsity, name="magnitude_prune_model")
+        call(magnitude_prune_model, model, sparsity, name="magnitude_prune_model", returns="the model, pruned in place")
         where = f"on {label} at sparsity {sparsity}"
         leftovers = _leftover_prune_state(model)
         if leftovers:

@@ -87,7 +87,7 @@ def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
         where = f"with a ({out_features}, {in_features}) down_proj weight and activations of shape {tuple(activations.shape)}"
         w_in, a_in = weight.clone(), activations.clone()
         try:
-            result = call(wanda_sp_scores, w_in, a_in, name=name)
+            result = call(wanda_sp_scores, w_in, a_in, name=name, returns="one score per intermediate neuron, a tensor of shape (intermediate,)")
         except CheckFailed as error:
             if "size of tensor" in str(error) or "must match" in str(error):
                 raise CheckFailed(f"{error}\n{where}: neuron j is COLUMN j of the (hidden, intermediate) down_proj "
@@ -203,7 +203,7 @@ def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
         where = (f"with hidden {hidden}, {intermediate} neurons and keep = {keep.tolist()}")
         inputs = [gate.clone(), up.clone(), down.clone(), keep.clone()]
         try:
-            result = call(slice_mlp, *inputs, name=name)
+            result = call(slice_mlp, *inputs, name=name, returns="(gate_weight, up_weight, down_weight) with only the kept neurons")
         except CheckFailed as error:
             if "index" in str(error).lower():
                 raise CheckFailed(f"{error}\n{where}: gate_proj and up_proj weights are (intermediate, hidden): a neuron "
