@@ -44,7 +44,7 @@ def harvest(module_name: str, skip: tuple[str, ...] = ()) -> list[Wrong]:
             module.__dict__[name] = record_matching if saved[name].__name__ == "fails_matching" else record_with
     try:
         for name, test in inspect.getmembers(module, inspect.isfunction):
-            if not name.startswith("test_") or "passes" in name or "not_implemented" in name or name in skip:
+            if not name.startswith("test_") or "pass" in name or "not_implemented" in name or name in skip:
                 continue
             marks = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
             if any(p not in {a for m in marks for a in _names(m)} for p in inspect.signature(test).parameters):
