@@ -31,7 +31,7 @@ HEADLINE_CHARS = 80
 _WHERE = re.compile(r"^(?:on|with|for|case|in|at|after|when|from|model\.|the tiny|a tiny|round|block|layer)\b[^;]*?: ",
                     re.IGNORECASE)
 _YOU = re.compile(r"\byou|\byour", re.IGNORECASE)
-_CLAUSE_END = re.compile(r"(?:[.;:!?](?=\s)| \(| - |, (?=but|so|not|then|which|because|while|expected|got|and))")
+_CLAUSE_END = re.compile(r"(?:(?<!e\.g)(?<!i\.e)[.;:!?](?=\s)| \(| - |, (?=but|so|not|then|which|because|while|expected|got|and))")
 
 
 def headline(message: str) -> str:

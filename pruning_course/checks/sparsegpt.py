@@ -258,6 +258,10 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
             raise
         _unchanged(w, w_in, "w", name, where)
         _unchanged(h_inv, h_in, "h_inv", name, where)
+        if isinstance(result, torch.Tensor) and w.dim() == 2 and tuple(result.shape) == (cols,):
+            fail(f"{where}: you return one row's saliencies, shape ({cols},), for an (out, in) matrix\n"
+                 f"{where}: w may be a whole (out, in) matrix; w.pow(2) / torch.diagonal(h_inv) broadcasts over its "
+                 f"rows and returns shape {tuple(shape)}.")
         result = expect_tensor(result, shape, f"the saliencies {where}")
         reference = obs_saliency(w, h_inv)
         if close_to(result, reference):
@@ -352,6 +356,11 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
             (float((dense - sparse).norm() / sparse.norm()),
              "you divide by the norm of the PRUNED output ||XW'^T||; divide by the dense output ||XW^T||"),
         ]
+        if x.dim() == 3:
+            first, first_pruned = x[0].double() @ wd.t(), x[0].double() @ nd.t()
+            variants.append((float((first - first_pruned).norm() / first.norm()),
+                             "you used only the FIRST sequence of a 3-D x: flatten batch and sequence, "
+                             "x.reshape(-1, x.shape[-1]), or let x @ W^T broadcast over both"))
         if out_f == in_f:
             variants.append((float((xd @ wd - xd @ nd).norm() / (xd @ wd).norm()),
                              "you multiplied x @ W; a linear layer computes x @ W^T (W is (out, in))"))

@@ -182,7 +182,7 @@ WRONG = [
           r"sparsity is the fraction REMOVED"),
     Wrong(check_wanda_mask, "float mask", lambda s, p: wanda_mask(s, p).float(), r"boolean keep-mask"),
     Wrong(check_wanda_mask, "k = 0 not handled", _kthvalue_no_k0, r"k = 0 is not handled"),
-    Wrong(check_wanda_mask, "ceil instead of floor", _mask_removing(lambda n, p: -int(-n * p // 1)), r"ceil|off by one"),
+    Wrong(check_wanda_mask, "ceil instead of floor", _mask_removing(lambda n, p: -int(-n * p // 1)), r"off by one(.|\n)*ceil instead of floor"),
     Wrong(check_wanda_mask, "sorts the scores in place", lambda s, p: wanda_mask(s.sort_(dim=1).values, p),
           r"in place"),
     Wrong(check_wanda_mask, "crashes inside torch", crashes(), CRASH),

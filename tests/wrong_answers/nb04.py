@@ -14,7 +14,7 @@ WRONG = harvest("test_checks_heads") + [
     Wrong(check_gate_heads, "crashes inside torch", crashes(), CRASH),
     Wrong(check_gate_heads, "forgot return", forgot_return(SOLUTION["gate_heads"]), r"forget `return`"),
     Wrong(check_gate_heads, "adds the gates", lambda x, g: x + g.repeat_interleave(x.shape[-1] // g.shape[0]),
-          r"add|multipl"),
+          r"you ADD the gates"),
     Wrong(check_michel_importance, "crashes inside torch", crashes(), CRASH),
     Wrong(check_michel_importance, "forgot return", forgot_return(SOLUTION["michel_importance"]), r"forget `return`"),
     Wrong(check_choose_heads_within_groups, "crashes inside torch", crashes(), CRASH),
