@@ -321,16 +321,20 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         where = f"with x of shape {tuple(x_shape)} and a {out_f}x{in_f} weight"
         args = (weight.clone(), new_weight.clone(), x.clone())
         reference = relative_output_error(x, weight, new_weight)
-        if in_another_order(fn, (weight.clone(), new_weight.clone(), x.clone()), (2, 0, 1),
-                            lambda value: math.isclose(float(value), reference, rel_tol=1e-4)) and not \
-                in_another_order(fn, (weight.clone(), new_weight.clone(), x.clone()), (0, 1, 2),
-                                 lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
-            fail(f"{where}: your arguments are in notebook 03's order, (x, weight, pruned_weight)\n{where}: "
-                 f"{name} takes (weight, new_weight, x), in that order; your function computes the right value "
-                 "when given x first.")
+
+        def fail_if_in_03s_order() -> None:  # tried only once the answer is wrong: a right one runs once
+            __tracebackhide__ = True
+            if in_another_order(fn, (weight.clone(), new_weight.clone(), x.clone()), (2, 0, 1),
+                                lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
+                fail(f"{where}: your arguments are in notebook 03's order, (x, weight, pruned_weight)\n{where}: "
+                     f"{name} takes (weight, new_weight, x), in that order; your function computes the right value "
+                     "when given x first.")
+
         try:
             result = call(fn, *args, name=name, returns="one number, a float (or a 0-d tensor)")
         except CheckFailed as error:
+            if "not implemented" not in str(error):
+                fail_if_in_03s_order()
             if x.dim() == 3:
                 raise CheckFailed(f"{error}\n{where}: x can be 3-D (batch, seq, in); x @ weight.T works for any "
                                   "number of leading dimensions, or flatten with x.reshape(-1, x.shape[-1])") from None
@@ -340,6 +344,7 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         result = expect_number(result, f"{where}: {name}")
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
+        fail_if_in_03s_order()
         xd = x.reshape(-1, in_f).double()
         wd, nd = weight.double(), new_weight.double()
         dense, sparse = xd @ wd.t(), xd @ nd.t()

@@ -456,12 +456,21 @@ def check_relative_output_error(fn: Callable) -> None:
         pruned = weight * per_row_mask(weight.abs(), 0.5)
         where = f"with x of shape ({tokens}, {in_f}) and a {out_f}x{in_f} weight"
         reference = relative_output_error(x, weight, pruned)
-        if in_another_order(fn, (x.clone(), weight.clone(), pruned.clone()), (1, 2, 0),
-                            lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
-            fail(f"{where}: your arguments are in notebook 02's order, (weight, new_weight, x)\n{where}: "
-                 f"{name} takes (x, weight, pruned_weight), in that order; your function computes the right value "
-                 "when given the weights first.")
-        result = call(fn, x.clone(), weight.clone(), pruned.clone(), name=name, returns="a Python float")
+
+        def fail_if_in_02s_order() -> None:  # tried only once the answer is wrong: a right one runs once
+            __tracebackhide__ = True
+            if in_another_order(fn, (x.clone(), weight.clone(), pruned.clone()), (1, 2, 0),
+                                lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
+                fail(f"{where}: your arguments are in notebook 02's order, (weight, new_weight, x)\n{where}: "
+                     f"{name} takes (x, weight, pruned_weight), in that order; your function computes the right "
+                     "value when given the weights first.")
+
+        try:
+            result = call(fn, x.clone(), weight.clone(), pruned.clone(), name=name, returns="a Python float")
+        except CheckFailed as error:
+            if "not implemented" not in str(error):
+                fail_if_in_02s_order()
+            raise
         if isinstance(result, torch.Tensor):
             if result.numel() != 1:
                 fail(f"{where}: return one number (a Python float), got a tensor of shape {tuple(result.shape)}")
@@ -472,6 +481,7 @@ def check_relative_output_error(fn: Callable) -> None:
         result = float(result)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
+        fail_if_in_02s_order()
         xd, wd, pd = x.double(), weight.double(), pruned.double()
         dense, sparse = xd @ wd.t(), xd @ pd.t()
         variants = [
