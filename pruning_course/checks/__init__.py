@@ -30,7 +30,11 @@ import torch
 HEADLINE_CHARS = 80
 _WHERE = re.compile(r"^(?:on|with|for|case|in|at|after|when|from|model\.|the tiny|a tiny|round|block|layer)\b[^;]*?: ",
                     re.IGNORECASE)
-_YOU = re.compile(r"\byou|\byour", re.IGNORECASE)
+_NUMBERS_FIRST = re.compile(r"^(?:you return|your (?:value|ratio|distance|result)(?: is)?)[^:;]*?expected [^:;]*?: ",
+                            re.IGNORECASE)
+#: words that make a leading "...: " clause a diagnosis rather than the context of one
+_DIAGNOSIS = re.compile(r"\b(you|your|should|must|not|no|missing|wrong|instead|only|included|raised|returned)\b",
+                        re.IGNORECASE)
 _CLAUSE_END = re.compile(r"(?:(?<!e\.g)(?<!i\.e)[.;:!?](?=\s)| \(| - |, (?=but|so|not|then|which|because|while|expected|got|and))")
 
 
@@ -45,10 +49,15 @@ def headline(message: str) -> str:
     if len(first) <= HEADLINE_CHARS:
         return message
     where = _WHERE.match(first)
+    if where and _DIAGNOSIS.search(where.group()):
+        where = None  # "on tiny-llama, embeddings are included: ...": the prefix is the diagnosis
     prefix, colon, after = first.partition(": ")
-    if not where and colon and not _YOU.search(prefix) and _YOU.search(after[:80]):
+    if not where and colon and not _DIAGNOSIS.search(prefix) and len(after) > 20:
         where = re.match(re.escape(prefix + colon), first)  # "scores of shape (7, 13): you ...": the context
     diagnosis = first[where.end():] if where and len(first) - where.end() > 20 else first
+    numbers = _NUMBERS_FIRST.match(diagnosis)
+    if numbers and len(diagnosis) - numbers.end() > 20:
+        diagnosis = diagnosis[numbers.end():]  # "you return 0.3, expected 0.5: <the mistake>": the mistake first
     head = diagnosis[:HEADLINE_CHARS + 1]
     cuts = [m.start() for m in _CLAUSE_END.finditer(head) if 15 <= m.start() <= HEADLINE_CHARS]
     if cuts:
