@@ -30,12 +30,13 @@ import torch
 HEADLINE_CHARS = 80
 _WHERE = re.compile(r"^(?:on|with|for|case|in|at|after|when|from|model\.|the tiny|a tiny|round|block|layer)\b[^;]*?: ",
                     re.IGNORECASE)
-_NUMBERS_FIRST = re.compile(r"^(?:you return|your (?:value|ratio|distance|result)(?: is)?)[^:;]*?expected [^:;]*?: ",
+_NUMBERS_FIRST = re.compile(r"^(?:(?:you return|your (?:value|ratio|distance|result)(?: is)?)[^:;]*?expected [^:;]*?"
+                            r"|your value \S+): ",
                             re.IGNORECASE)
 #: words that make a leading "...: " clause a diagnosis rather than the context of one
 _DIAGNOSIS = re.compile(r"\b(you|your|should|must|not|no|missing|wrong|instead|only|included|raised|returned)\b",
                         re.IGNORECASE)
-_CLAUSE_END = re.compile(r"(?:(?<!e\.g)(?<!i\.e)[.;:!?](?=\s)| \(| - |, (?=but|so|not|then|which|because|while|expected|got|and))")
+_CLAUSE_END = re.compile(r"(?:(?<!e\.g)(?<!i\.e)[.;:!?](?=\s)| \(|, (?=but|so|not|then|which|because|while|expected|got|and))")
 
 
 def headline(message: str) -> str:
