@@ -230,8 +230,9 @@ def test_independent_schedule_passes():
     check_cubic_sparsity(schedule())
 
 
-def test_schedule_returning_a_tensor_passes():
-    check_cubic_sparsity(lambda *a, **k: torch.tensor(cubic_sparsity(*a, **k)))
+def test_schedule_returning_a_tensor_is_told_to_return_a_python_float():
+    # the notebook asks for "s_t as a Python float"
+    fails_with(check_cubic_sparsity, lambda *a, **k: torch.tensor(cubic_sparsity(*a, **k)), "Python float")
 
 
 def test_schedule_not_implemented():

@@ -262,7 +262,12 @@ def test_float_mask_with_wrong_values_and_uneven_rows():
 
 def test_reference_error_passes():
     check_relative_output_error(relative_output_error)
-    check_relative_output_error(lambda x, w, p: torch.linalg.norm(x @ w.T - x @ p.T) / torch.linalg.norm(x @ w.T))
+    check_relative_output_error(lambda x, w, p: float(torch.linalg.norm(x @ w.T - x @ p.T) / torch.linalg.norm(x @ w.T)))
+
+
+def test_error_as_a_tensor_is_told_to_return_a_python_float():
+    fails_with(check_relative_output_error,
+               lambda x, w, p: torch.linalg.norm(x @ w.T - x @ p.T) / torch.linalg.norm(x @ w.T), "Python float")
 
 
 def test_error_not_implemented():

@@ -113,8 +113,19 @@ def ref_mask(weight, sparsity):
 
 def kthvalue_mask(weight, sparsity):
     k = int(weight.numel() * sparsity)
+    if k == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
     threshold = torch.kthvalue(weight.abs().flatten(), k).values
     return weight.abs() > threshold
+
+
+def kthvalue_mask_without_k0(weight, sparsity):
+    threshold = torch.kthvalue(weight.abs().flatten(), int(weight.numel() * sparsity)).values
+    return weight.abs() > threshold
+
+
+def test_magnitude_mask_unhandled_k0_is_named():
+    fails_with(check_magnitude_mask, kthvalue_mask_without_k0, r"k = 0 is not handled(.|\n)*line \d+ of your code(.|\n)*\(3, 5\)")
 
 
 def test_magnitude_mask_references_pass(capsys):
@@ -298,7 +309,7 @@ def test_magnitude_prune_model_lm_head_pruned():
         torch_prune_model(model, sparsity)
         prune.l1_unstructured(model.lm_head, "weight", amount=sparsity)
         prune.remove(model.lm_head, "weight")
-    fails_with(check_magnitude_pruned_model, with_head, "pruned lm_head, which is tied")
+    fails_with(check_magnitude_pruned_model, with_head, "you pruned lm_head")
 
 
 def test_magnitude_prune_model_conv1d_skipped():

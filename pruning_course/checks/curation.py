@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import datasets
 
 from .. import curation
-from . import CheckFailed, call, diagnose, fail, passed
+from . import CheckFailed, call, diagnose, fail, graded_check, passed
 
 __all__ = [
     "check_is_section_header",
@@ -39,6 +39,7 @@ _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "de", "pa", "zu", 
 
 def _vocabulary(seed: int, size: int = 600) -> list[str]:
     """``size`` distinct made-up lower-case words (two or three syllables)."""
+    __tracebackhide__ = True
     rng = random.Random(seed)
     words: set[str] = set()
     while len(words) < size:
@@ -47,11 +48,13 @@ def _vocabulary(seed: int, size: int = 600) -> list[str]:
 
 
 def _words(rng: random.Random, vocabulary: Sequence[str], n: int) -> list[str]:
+    __tracebackhide__ = True
     return [rng.choice(vocabulary) for _ in range(n)]
 
 
 def _messy(rng: random.Random, words: Sequence[str]) -> str:
     """``words`` as a WikiText-like row with capitals and irregular whitespace: what normalization undoes."""
+    __tracebackhide__ = True
     out = []
     for i, word in enumerate(words):
         r = rng.random()
@@ -64,6 +67,7 @@ def _messy(rng: random.Random, words: Sequence[str]) -> str:
 @contextlib.contextmanager
 def _quiet_datasets():
     """No progress bars and no warnings from ``datasets`` (nbgrader zeroes a test cell that writes to stderr)."""
+    __tracebackhide__ = True
     bars = datasets.is_progress_bar_enabled()
     verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
@@ -77,6 +81,7 @@ def _quiet_datasets():
 
 
 def _show(text: str, limit: int = 60) -> str:
+    __tracebackhide__ = True
     shown = text if len(text) <= limit else text[: limit - 3] + "..."
     return repr(shown)
 
@@ -88,6 +93,7 @@ def _show(text: str, limit: int = 60) -> str:
 
 def _header_cases() -> list[tuple[str, str]]:
     """(row, why) pairs; the expected answer is the package's :func:`curation.is_section_header`."""
+    __tracebackhide__ = True
     return [
         (" = Valkyria Chronicles III = \n", "the article title, a level-1 heading"),
         (" = = History = = \n", "a level-2 heading (the source's '==History==')"),
@@ -104,14 +110,16 @@ def _header_cases() -> list[tuple[str, str]]:
     ]
 
 
+@graded_check
 def check_is_section_header(is_section_header: Callable) -> None:
     """Check ``is_section_header(text) -> bool`` against :func:`curation.is_section_header` on WikiText rows:
     headings of levels 1 to 4 (``" = = History = = \\n"``), blank rows, and paragraphs with ``=`` inside."""
+    __tracebackhide__ = True
     name = "is_section_header"
     cases = _header_cases()
     answers = []
     for text, _why in cases:
-        result = call(is_section_header, text, name=name)
+        result = call(is_section_header, text, name=name, returns="True or False (a bool)")
         if not isinstance(result, bool):
             hint = " (re.match returns a Match object or None: wrap it in bool(...))" if result is None or isinstance(
                 result, re.Match) else ""
@@ -148,6 +156,7 @@ def check_is_section_header(is_section_header: Callable) -> None:
 
 def _length_cases() -> list[tuple[str, int, int]]:
     """(text, min_chars, min_words) at and around the thresholds, with leading/trailing whitespace."""
+    __tracebackhide__ = True
     rng = random.Random(41)
     vocabulary = _vocabulary(41)
     cases = []
@@ -163,14 +172,16 @@ def _length_cases() -> list[tuple[str, int, int]]:
     return cases
 
 
+@graded_check
 def check_is_long_enough(is_long_enough: Callable) -> None:
     """Check ``is_long_enough(text, min_chars=0, min_words=0) -> bool``: the stripped text has at least
     ``min_chars`` characters AND at least ``min_words`` whitespace-separated words (thresholds inclusive)."""
+    __tracebackhide__ = True
     name = "is_long_enough"
     cases = _length_cases()
     answers = []
     for text, min_chars, min_words in cases:
-        result = call(is_long_enough, text, min_chars=min_chars, min_words=min_words, name=name)
+        result = call(is_long_enough, text, min_chars=min_chars, min_words=min_words, name=name, returns="True or False (a bool)")
         if not isinstance(result, bool):
             fail(f"{name}({text!r}, min_chars={min_chars}, min_words={min_words}) returned {type(result).__name__}, "
                  "not True or False. Dataset.filter needs a bool for every row.")
@@ -181,6 +192,7 @@ def check_is_long_enough(is_long_enough: Callable) -> None:
         return
 
     def rule(chars, words, ok):
+        __tracebackhide__ = True
         return [ok(chars(t), c, words(t), w) for t, c, w in cases]
 
     stripped_chars = lambda t: len(t.strip())  # noqa: E731
@@ -222,6 +234,7 @@ def check_is_long_enough(is_long_enough: Callable) -> None:
 def _dedup_datasets() -> tuple[list[str], list[str]]:
     """Two lists of rows with duplicates up to case and whitespace, inside and across the two halves
     that ``num_proc=2`` hands to two workers; the second list shares rows with the first."""
+    __tracebackhide__ = True
     rng = random.Random(42)
     vocabulary = _vocabulary(42)
     p = [" " + " ".join(_words(rng, vocabulary, rng.randint(8, 14))) + " \n" for _ in range(9)]
@@ -235,6 +248,7 @@ def _dedup_datasets() -> tuple[list[str], list[str]]:
 
 
 def _dedup_keep(texts: Sequence[str], key: Callable[[str], str], last: bool = False) -> list[str]:
+    __tracebackhide__ = True
     order = range(len(texts) - 1, -1, -1) if last else range(len(texts))
     seen, kept = set(), []
     for i in order:
@@ -247,6 +261,7 @@ def _dedup_keep(texts: Sequence[str], key: Callable[[str], str], last: bool = Fa
 
 def _contiguous_shards(n: int, num_shards: int) -> list[range]:
     """The row ranges ``Dataset.shard(num_shards, i, contiguous=True)`` gives each worker."""
+    __tracebackhide__ = True
     div, mod = divmod(n, num_shards)
     bounds, start = [], 0
     for i in range(num_shards):
@@ -258,6 +273,7 @@ def _contiguous_shards(n: int, num_shards: int) -> list[range]:
 
 def _per_worker_dedup(texts: Sequence[str], num_proc: int) -> list[str]:
     """What a global ``seen`` set gives under ``num_proc`` workers: each worker dedups only its own shard."""
+    __tracebackhide__ = True
     out = []
     for shard in _contiguous_shards(len(texts), num_proc):
         out += _dedup_keep([texts[i] for i in shard], curation.normalize_text)
@@ -265,10 +281,11 @@ def _per_worker_dedup(texts: Sequence[str], num_proc: int) -> list[str]:
 
 
 def _run_dedup(exact_dedup: Callable, texts: Sequence[str], num_proc: int | None) -> list[str]:
+    __tracebackhide__ = True
     name = "exact_dedup"
     dataset = datasets.Dataset.from_dict({curation.TEXT: list(texts)})
     with _quiet_datasets():
-        result = call(exact_dedup, dataset, num_proc=num_proc, name=name)
+        result = call(exact_dedup, dataset, num_proc=num_proc, name=name, returns="the deduplicated datasets.Dataset")
     if isinstance(result, tuple) and result and isinstance(result[0], datasets.Dataset):
         fail(f"{name} returned a tuple; return only the deduplicated Dataset (the package's exact_dedup also "
              "returns a report, your exercise does not)")
@@ -284,6 +301,7 @@ def _run_dedup(exact_dedup: Callable, texts: Sequence[str], num_proc: int | None
 
 
 def _diagnose_dedup(result: list[str], texts: list[str], num_proc: int | None, seen_before: set[str], where: str) -> None:
+    __tracebackhide__ = True
     with _quiet_datasets():  # the package's exact_dedup is the reference
         kept, _ = curation.exact_dedup(datasets.Dataset.from_dict({curation.TEXT: list(texts)}))
     reference = list(kept[curation.TEXT])
@@ -332,9 +350,11 @@ def _diagnose_dedup(result: list[str], texts: list[str], num_proc: int | None, s
          f"occurrence of each normalized text, in order). Kept row {i} is {yours}, expected {expected}.")
 
 
+@graded_check
 def check_exact_dedup(exact_dedup: Callable) -> None:
     """Check ``exact_dedup(dataset, num_proc=None) -> Dataset``: the first occurrence of every normalized text,
     in order, the same in one process and with ``num_proc=2`` (:func:`curation.exact_dedup`)."""
+    __tracebackhide__ = True
     first, second = _dedup_datasets()
     seen: set[str] = set()
     # num_proc=None runs in this process (a module-level set then lives on between calls); 2 runs two workers
@@ -359,6 +379,7 @@ def check_exact_dedup(exact_dedup: Callable) -> None:
 
 
 def _minhash(shingle_set: set[str], num_perm: int, seed: int):
+    __tracebackhide__ = True
     from datasketch import MinHash
 
     signature = MinHash(num_perm=num_perm, seed=seed)
@@ -367,6 +388,7 @@ def _minhash(shingle_set: set[str], num_perm: int, seed: int):
 
 
 def _word_ngrams(words: list[str], n: int, joiner: str = " ", drop_last: bool = False) -> set[str]:
+    __tracebackhide__ = True
     if len(words) <= n:
         return {joiner.join(words)}
     stop = len(words) - n + (0 if drop_last else 1)
@@ -374,10 +396,12 @@ def _word_ngrams(words: list[str], n: int, joiner: str = " ", drop_last: bool = 
 
 
 def _char_ngrams(text: str, k: int) -> set[str]:
+    __tracebackhide__ = True
     return {text[i : i + k] for i in range(max(len(text) - k + 1, 1))}
 
 
 def _minhash_cases() -> list[tuple[str, int, int, int]]:
+    __tracebackhide__ = True
     rng = random.Random(43)
     vocabulary = _vocabulary(43)
     return [
@@ -390,9 +414,11 @@ def _minhash_cases() -> list[tuple[str, int, int, int]]:
 
 
 def _diagnose_minhash(values, text: str, ngram: int, num_perm: int, seed: int, where: str) -> None:
+    __tracebackhide__ = True
     import numpy as np
 
     def same(signature) -> bool:
+        __tracebackhide__ = True
         return np.array_equal(values, signature.hashvalues)
 
     normalized = curation.normalize_text(text)
@@ -452,9 +478,11 @@ def _diagnose_minhash(values, text: str, ngram: int, num_perm: int, seed: int, w
          "each joined with single spaces and encoded as UTF-8.")
 
 
+@graded_check
 def check_minhash_of(minhash_of: Callable) -> None:
     """Check ``minhash_of(text, ngram=3, num_perm=128, seed=1) -> datasketch.MinHash``: the signature of the word
     ``ngram``-grams of the normalized text, equal to :func:`curation.compute_minhashes` for the same inputs."""
+    __tracebackhide__ = True
     import numpy as np
     from datasketch import MinHash
 
@@ -462,7 +490,7 @@ def check_minhash_of(minhash_of: Callable) -> None:
     for text, ngram, num_perm, seed in _minhash_cases():
         where = f"for the text {_show(text, 40)} with ngram={ngram}, num_perm={num_perm}, seed={seed}"
         try:
-            result = call(minhash_of, text, ngram=ngram, num_perm=num_perm, seed=seed, name=name)
+            result = call(minhash_of, text, ngram=ngram, num_perm=num_perm, seed=seed, name=name, returns="a datasketch.MinHash")
         except CheckFailed as error:
             if "encoded before hashing" in str(error):
                 raise CheckFailed(f"{error}\n{where}: MinHash.update takes bytes: m.update(shingle.encode('utf-8')).") \
@@ -484,6 +512,7 @@ def check_minhash_of(minhash_of: Callable) -> None:
 
 
 def _substituted(words: list[str], positions: Sequence[int], vocabulary: Sequence[str], rng: random.Random) -> list[str]:
+    __tracebackhide__ = True
     out = list(words)
     for p in positions:
         out[p] = rng.choice([w for w in vocabulary[:50] if w != words[p]])
@@ -494,15 +523,18 @@ def _lsh_texts() -> list[str]:
     """Made-up documents with planted near-copies at controlled Jaccard similarities (3-word shingles):
     a close copy, a chain A -> B -> C where C is close to B but not to A, a row close to two kept rows,
     and pairs just below 0.8 that LSH sometimes returns as candidates."""
+    __tracebackhide__ = True
     rng = random.Random(44)
     vocabulary = _vocabulary(44)
     length = 120  # 118 three-word shingles; k well separated substitutions: J = (118 - 3k) / (118 + 3k)
     slots = list(range(2, length - 2, 7))  # positions 7 apart: the shingles of two edits never overlap
 
     def doc():
+        __tracebackhide__ = True
         return _words(rng, vocabulary[50:], length)
 
     def edit(words, k):
+        __tracebackhide__ = True
         return _substituted(words, sorted(rng.sample(slots, k)), vocabulary, rng)
 
     texts: list[list[str]] = []
@@ -529,6 +561,7 @@ def _lsh_texts() -> list[str]:
 
 def _lsh_variant(minhashes, threshold: float, *, verify: bool = True, insert_all: bool = False, pick=min,
                  reverse: bool = False) -> dict[int, int]:
+    __tracebackhide__ = True
     from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=len(minhashes[0].hashvalues))
@@ -546,6 +579,7 @@ def _lsh_variant(minhashes, threshold: float, *, verify: bool = True, insert_all
 
 
 def _diagnose_lsh(result: dict, minhashes, threshold: float, where: str) -> None:
+    __tracebackhide__ = True
     reference = curation.near_duplicates_from_minhashes(minhashes, threshold)
     if result == reference:
         return
@@ -591,16 +625,18 @@ def _diagnose_lsh(result: dict, minhashes, threshold: float, where: str) -> None
          "threshold, record {row: min(candidates)} if any remain, else insert the row.")
 
 
+@graded_check
 def check_lsh_near_duplicates(lsh_near_duplicates: Callable) -> None:
     """Check ``lsh_near_duplicates(minhashes, threshold=0.8) -> {duplicate index: kept index}``, the keep-first
     MinHashLSH pass of :func:`curation.near_duplicates_from_minhashes` (candidates verified by estimated Jaccard)."""
+    __tracebackhide__ = True
     name = "lsh_near_duplicates"
     texts = _lsh_texts()
     for threshold, num_perm in ((0.8, 128), (0.6, 128), (0.8, 64)):
         minhashes = curation.compute_minhashes(texts, ngram=3, num_perm=num_perm, seed=1)
         where = f"on {len(texts)} made-up documents with planted near-copies, threshold={threshold}, num_perm={num_perm}"
         try:
-            result = call(lsh_near_duplicates, list(minhashes), threshold=threshold, name=name)
+            result = call(lsh_near_duplicates, list(minhashes), threshold=threshold, name=name, returns="a dict {duplicate index: index of the kept row it matches}")
         except CheckFailed as error:
             if "Expecting minhash with length" in str(error):
                 raise CheckFailed(f"{error}\n{where}: build the index with the signatures' length, "
@@ -631,6 +667,7 @@ def check_lsh_near_duplicates(lsh_near_duplicates: Callable) -> None:
 
 
 def _sequence_pack_cases() -> list[tuple[list[str], int]]:
+    __tracebackhide__ = True
     rng = random.Random(45)
     vocabulary = _vocabulary(45)
     texts = [" " + " ".join(_words(rng, vocabulary, n)) + " \n" for n in (3, 40, 1, 17, 9, 26, 5, 12, 30, 2)]
@@ -638,6 +675,7 @@ def _sequence_pack_cases() -> list[tuple[list[str], int]]:
 
 
 def _blocks(stream: list[int], size: int, keep_remainder: bool = False) -> list[list[int]]:
+    __tracebackhide__ = True
     usable = len(stream) // size * size
     blocks = [stream[i : i + size] for i in range(0, usable, size)]
     if keep_remainder and usable < len(stream):
@@ -646,6 +684,7 @@ def _blocks(stream: list[int], size: int, keep_remainder: bool = False) -> list[
 
 
 def _as_blocks(value, key: str, where: str) -> list[list[int]]:
+    __tracebackhide__ = True
     try:
         return [[int(t) for t in (block.tolist() if hasattr(block, "tolist") else block)] for block in value]
     except TypeError:
@@ -654,6 +693,7 @@ def _as_blocks(value, key: str, where: str) -> list[list[int]]:
 
 
 def _diagnose_pack(ids: list[list[int]], documents: list[list[int]], eos: int, size: int, where: str) -> None:
+    __tracebackhide__ = True
     stream = [t for d in documents for t in d + [eos]]
     reference = _blocks(stream, size)
     if ids == reference:
@@ -696,9 +736,11 @@ def _diagnose_pack(ids: list[list[int]], documents: list[list[int]], eos: int, s
          f"end-of-text, concatenated and cut into blocks of {size}, the remainder dropped); block {i} differs.")
 
 
+@graded_check
 def check_pack_batch(pack_batch: Callable) -> None:
     """Check ``pack_batch(batch, tokenizer, block_size) -> {"input_ids": blocks, "labels": blocks}`` on
     ``{"text": [...]}`` batches, alone and as a batched ``Dataset.map``, against :func:`curation.tokenize_and_pack`."""
+    __tracebackhide__ = True
     import functools
 
     from ..testing import tiny_tokenizer
@@ -708,7 +750,7 @@ def check_pack_batch(pack_batch: Callable) -> None:
     eos = tokenizer.eos_token_id
     for texts, size in _sequence_pack_cases():
         where = f"on a batch of {len(texts)} documents with block_size={size}"
-        out = call(pack_batch, {curation.TEXT: list(texts)}, tokenizer, size, name=name)
+        out = call(pack_batch, {curation.TEXT: list(texts)}, tokenizer, size, name=name, returns="a dict with 'input_ids' and 'labels', lists of blocks of block_size token ids")
         if not isinstance(out, dict):
             fail(f"{where}: {name} should return a dict of columns {{'input_ids': [...], 'labels': [...]}}, got "
                  f"{type(out).__name__}")

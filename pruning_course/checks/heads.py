@@ -42,7 +42,7 @@ from . import (
     fail,
     fmt_values,
     generator,
-    keeps_rng,
+    graded_check,
     largest_difference,
     passed,
 )
@@ -57,6 +57,7 @@ __all__ = [
 
 def _tiny_attention_llama(hidden: int, heads: int, kv_heads: int, head_dim: int, layers: int = 1, seed: int = 0) -> nn.Module:
     """A random Llama with the given attention shape (vocabulary 32, MLP width 16), in eval mode."""
+    __tracebackhide__ = True
     return tiny_random_model("llama", seed=seed, vocab_size=32, hidden_size=hidden, intermediate_size=16,
                              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                              head_dim=head_dim, max_position_embeddings=64)
@@ -69,10 +70,11 @@ def _tiny_attention_llama(hidden: int, heads: int, kv_heads: int, head_dim: int,
 
 def _gate_reference(x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """What head_masks' pre-hook computes: feature ``h * head_dim + i`` times ``gates[h]``."""
+    __tracebackhide__ = True
     return x * gates.repeat_interleave(x.shape[-1] // gates.numel())
 
 
-@keeps_rng
+@graded_check
 def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
     """Check ``gate_heads(x, gates)``.
 
@@ -82,6 +84,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
     to ``gates``. Finally the function, used as a forward pre-hook on every ``o_proj`` of a tiny Llama,
     must give the same logits as the package's ``head_masks``.
     """
+    __tracebackhide__ = True
     name = "gate_heads"
     gen = generator(40 + seed)
     for shape, num_heads in (((2, 5, 12), 3), ((7, 18), 6), ((1, 3, 4, 10), 2), ((2, 3, 16), 4)):
@@ -91,7 +94,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
         gates[int(torch.randint(num_heads, (1,), generator=gen))] = 0.0
         where = f"with x of shape {shape} ({num_heads} heads of {head_dim} features) and gates {fmt_values(gates, 6)}"
         x_in, gates_in = x.clone(), gates.clone()
-        result = call(gate_heads, x_in, gates_in, name=name)
+        result = call(gate_heads, x_in, gates_in, name=name, returns="a tensor of x's shape: x with each head's features multiplied by its gate")
         if not torch.equal(x_in, x):
             fail(f"{where}: gate_heads modified x in place. Return a new tensor (x * g, not x *= g or x.mul_(g)): "
                  "the hook's input is the attention's output, which autograd still needs for the backward pass.")
@@ -110,6 +113,8 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
             (_gate_reference(x, 1.0 - gates),
              "you multiplied by 1 - gates: a gate of 1 keeps the head, 0 switches it off (xi_h multiplies Att_h)"),
             (x * gates.mean(), "you multiplied every feature by the same number; each head has its own gate"),
+            (x + gates.repeat_interleave(head_dim), "you ADD the gates; a gate MULTIPLIES its head's features "
+             "(x * gates.repeat_interleave(head_dim)): 0 switches the head off, 1 keeps it"),
         ]
         diagnose(variants, lambda variant: close_to(result, variant, 1e-5), where)
         index, got, want = largest_difference(result, reference)
@@ -121,7 +126,7 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
     x = torch.randn(3, 4, 12, generator=gen)
     gates = torch.ones(4, requires_grad=True)
     weights = torch.randn(3, 4, 12, generator=gen)
-    result = call(gate_heads, x, gates, name=name)
+    result = call(gate_heads, x, gates, name=name, returns="a tensor of x's shape: x with each head's features multiplied by its gate")
     if not isinstance(result, torch.Tensor) or not result.requires_grad:
         fail("with gates that require grad (torch.ones(4, requires_grad=True)) the result does not require grad: the "
              "gates were detached (.detach(), .tolist(), torch.tensor(gates) or torch.no_grad()). Build the gated "
@@ -142,8 +147,10 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
         expected = model(input_ids=ids, use_cache=False).logits
 
     def hook(layer: int):
+        __tracebackhide__ = True
         def gate(_module, args):
-            return (call(gate_heads, args[0], mask[layer], name=name), *args[1:])
+            __tracebackhide__ = True
+            return (call(gate_heads, args[0], mask[layer], name=name, returns="a tensor of x's shape: x with each head's features multiplied by its gate"), *args[1:])
         return gate
 
     handles = [block.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, block in enumerate(adapter.blocks(model))]
@@ -165,10 +172,11 @@ def check_gate_heads(gate_heads: Callable, seed: int = 0) -> None:
 
 
 def _importance_reference(grads: torch.Tensor) -> torch.Tensor:
+    __tracebackhide__ = True
     return normalize_per_layer(grads.abs().mean(dim=0))
 
 
-@keeps_rng
+@graded_check
 def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
     """Check ``michel_importance(grads)``.
 
@@ -178,6 +186,7 @@ def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
     (``normalize_per_layer`` in the package). The sum over windows is accepted too (the per-layer
     normalisation removes the constant factor).
     """
+    __tracebackhide__ = True
     name = "michel_importance"
     gen = generator(50 + seed)
     for windows, layers, heads in ((6, 4, 5), (3, 7, 9), (10, 3, 4), (5, 5, 5)):
@@ -185,7 +194,7 @@ def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
         grads = torch.randn(windows, layers, heads, generator=gen) * layer_scale + 0.3 * layer_scale
         where = f"with grads of shape ({windows}, {layers}, {heads}) (windows, layers, heads)"
         grads_in = grads.clone()
-        result = call(michel_importance, grads_in, name=name)
+        result = call(michel_importance, grads_in, name=name, returns="a (layers, heads) tensor, each layer's row L2-normalised")
         if not torch.equal(grads_in, grads):
             fail(f"{where}: michel_importance modified grads in place (e.g. grads.abs_()); use out-of-place operations.")
         if isinstance(result, torch.Tensor) and tuple(result.shape) in ((windows, layers), (windows, heads)) and \
@@ -241,6 +250,7 @@ def check_michel_importance(michel_importance: Callable, seed: int = 0) -> None:
 def _within_groups_variant(importance: torch.Tensor, num_kv_heads: int, steps: int, *, strided: bool = False,
                            aggregate: str = "mean", max_steps: int | None = None) -> dict[int, list[int]]:
     """Wrong variants of the within-groups choice (the right one is the package's)."""
+    __tracebackhide__ = True
     layers, heads = importance.shape
     g = heads // num_kv_heads
     if strided:  # group j = heads j, j + K, j + 2K, ...
@@ -265,6 +275,7 @@ def _within_groups_variant(importance: torch.Tensor, num_kv_heads: int, steps: i
 
 
 def _as_choice(result, layers: int, heads: int, where: str) -> dict[int, list[int]]:
+    __tracebackhide__ = True
     if isinstance(result, torch.Tensor):
         fail(f"{where}: return a dict {{layer: [head, ...]}} of the heads to REMOVE (as remove_heads takes it), got a "
              f"tensor of shape {tuple(result.shape)}")
@@ -290,10 +301,12 @@ def _as_choice(result, layers: int, heads: int, where: str) -> dict[int, list[in
 
 
 def _group_counts(picked: Sequence[int], num_kv_heads: int, g: int) -> list[int]:
+    __tracebackhide__ = True
     return [sum(1 for h in picked if h // g == j) for j in range(num_kv_heads)]
 
 
 def _head_choice_cases(seed: int):
+    __tracebackhide__ = True
     gen = generator(60 + seed)
     cases = []
     for layers, heads, kv, steps in ((4, 6, 2, 3), (5, 9, 3, 4), (3, 4, 2, 2), (6, 8, 4, 5), (8, 9, 3, 7)):
@@ -304,7 +317,7 @@ def _head_choice_cases(seed: int):
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_choose_heads_within_groups(choose_heads_within_groups: Callable, seed: int = 0) -> None:
     """Check ``choose_heads_within_groups(importance, num_kv_heads, steps)``.
 
@@ -316,13 +329,14 @@ def check_choose_heads_within_groups(choose_heads_within_groups: Callable, seed:
     is ``choose_heads_to_remove(importance, count=steps * num_kv_heads, num_kv_heads=num_kv_heads,
     mode="within_groups")``.
     """
+    __tracebackhide__ = True
     name = "choose_heads_within_groups"
     for importance, kv, steps in _head_choice_cases(seed):
         layers, heads = importance.shape
         g = heads // kv
         where = (f"with importance of shape ({layers}, {heads}), {kv} kv groups of {g} heads and steps={steps}")
         imp_in = importance.clone()
-        result = call(choose_heads_within_groups, imp_in, kv, steps, name=name)
+        result = call(choose_heads_within_groups, imp_in, kv, steps, name=name, returns="a dict {layer: sorted list of query heads to remove}")
         if not torch.equal(imp_in, importance):
             fail(f"{where}: your function modified the importance tensor in place; work on a copy.")
         choice = _as_choice(result, layers, heads, where)
@@ -383,12 +397,14 @@ def check_choose_heads_within_groups(choose_heads_within_groups: Callable, seed:
 
 
 def _rows(heads: Sequence[int], head_dim: int) -> torch.Tensor:
+    __tracebackhide__ = True
     heads = torch.as_tensor(list(heads), dtype=torch.long)
     return (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
 
 
 def _package_head_slices(wq, wk, wv, wo, remove, head_dim, kv_heads, seed):
     """The package's remove_heads applied to a one-block Llama holding these weights."""
+    __tracebackhide__ = True
     heads = wq.shape[0] // head_dim
     model = _tiny_attention_llama(hidden=wq.shape[1], heads=heads, kv_heads=kv_heads, head_dim=head_dim, seed=seed)
     attention = adapter_for(model).blocks(model)[0].self_attn
@@ -401,6 +417,7 @@ def _package_head_slices(wq, wk, wv, wo, remove, head_dim, kv_heads, seed):
 
 def _head_slice_cases():
     #        heads, kv, head_dim, hidden (a multiple of heads, as transformers requires), heads to remove
+    __tracebackhide__ = True
     return [
         (6, 2, 4, 42, [3, 4, 5]),  # a whole group: its K/V head goes too
         (6, 2, 4, 42, [4, 0]),  # one head from each group: K/V stay
@@ -418,12 +435,14 @@ _LAYOUT_HINT = ("q_proj.weight is (num_heads * head_dim, hidden) with head h in 
 def _diagnose_head_side(label: str, got: torch.Tensor, full: torch.Tensor, reference: torch.Tensor, keep: list[int],
                         remove: list[int], head_dim: int, heads: int, where: str, dim: int) -> None:
     """Fail with the mistake in the query rows (``dim=0``) or output-projection columns (``dim=1``), if any."""
+    __tracebackhide__ = True
     if got.shape == reference.shape and torch.equal(got, reference):
         return
     part = "rows" if dim == 0 else "columns"
     layer = "q_proj" if dim == 0 else "o_proj"
 
     def take(index: torch.Tensor) -> torch.Tensor:
+        __tracebackhide__ = True
         return full.index_select(dim, index)
 
     if got.shape[dim] == len(remove) * head_dim and torch.equal(got, take(_rows(sorted(remove), head_dim))):
@@ -448,7 +467,7 @@ def _diagnose_head_side(label: str, got: torch.Tensor, full: torch.Tensor, refer
          f"{want:.6g}; keep the {part} of heads {keep}. {_LAYOUT_HINT}.")
 
 
-@keeps_rng
+@graded_check
 def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
     """Check ``slice_heads(wq, wk, wv, wo, heads_to_remove, head_dim, num_kv_heads)``.
 
@@ -457,6 +476,7 @@ def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
     heads whose group still has a query head, O the columns of the remaining query heads; all in
     their original order. The reference is the package's ``remove_heads`` on a one-block Llama.
     """
+    __tracebackhide__ = True
     name = "slice_heads"
     gen = generator(70 + seed)
     for heads, kv, head_dim, hidden, remove in _head_slice_cases():
@@ -469,7 +489,7 @@ def check_slice_heads(slice_heads: Callable, seed: int = 0) -> None:
                  f"{remove}")
         inputs = [w.clone() for w in (wq, wk, wv, wo)]
         try:
-            result = call(slice_heads, *inputs, list(remove), head_dim, kv, name=name)
+            result = call(slice_heads, *inputs, list(remove), head_dim, kv, name=name, returns="(wq, wk, wv, wo) without the removed heads")
         except CheckFailed as error:
             if "index" in str(error).lower() or "size" in str(error).lower():
                 raise CheckFailed(f"{error}\n{where}: the shapes are: {_LAYOUT_HINT}.") from None

@@ -39,7 +39,7 @@ from ..structured.layers import choose_consecutive_blocks as package_choose_cons
 from ..structured.layers import choose_lowest_blocks
 from ..structured.layers import remove_blocks as package_remove_blocks
 from ..testing import tiny_random_model
-from . import call, call_expecting_value_error, diagnose, expect_number, fail, generator, keeps_rng, passed
+from . import CheckFailed, call, call_expecting_value_error, diagnose, expect_number, fail, generator, graded_check, passed
 
 __all__ = [
     "angular_distance",
@@ -58,6 +58,7 @@ TOLERANCE = 5e-4  # absolute, on distances in [0, 1]: float32 arccos near cos = 
 
 def _one_distance(result, where: str, fn_name: str, per_token_shape: tuple[int, ...]) -> float:
     """The learner's distance as a float (NaN allowed: the caller diagnoses it)."""
+    __tracebackhide__ = True
     if isinstance(result, torch.Tensor) and tuple(result.shape) in (per_token_shape, per_token_shape[:1],
                                                                     (math.prod(per_token_shape),)):
         fail(f"{where}: {fn_name} returned a tensor of shape {tuple(result.shape)}, one value per token (or per sequence). "
@@ -69,6 +70,7 @@ def _hidden_pair(gen: torch.Generator, shape: tuple[int, int, int], identical_to
     """Hidden-state-like ``(x_in, x_out)``: a residual stream with outlier features and a block update of
     very different size per token. The last ``identical_tokens`` positions of every sequence leave the
     block unchanged in direction (``x_out = c * x_in``, the case whose float32 cosine can exceed 1)."""
+    __tracebackhide__ = True
     batch, seq, hidden = shape
     feature_scale = torch.logspace(-0.5, 1, hidden)[torch.randperm(hidden, generator=gen)]
     x_in = torch.randn(batch, seq, hidden, generator=gen) * feature_scale
@@ -83,6 +85,7 @@ def _hidden_pair(gen: torch.Generator, shape: tuple[int, int, int], identical_to
 
 def _unclamped_cosine_exceeds_one(x_in: torch.Tensor, x_out: torch.Tensor) -> bool:
     """Whether a float32 cosine (library or by hand) of some token pair comes out above 1 or below -1."""
+    __tracebackhide__ = True
     library = F.cosine_similarity(x_in, x_out, dim=-1)
     by_hand = (x_in * x_out).sum(-1) / (x_in.norm(dim=-1) * x_out.norm(dim=-1))
     return bool((library.abs() > 1).any() or (by_hand.abs() > 1).any())
@@ -90,11 +93,13 @@ def _unclamped_cosine_exceeds_one(x_in: torch.Tensor, x_out: torch.Tensor) -> bo
 
 def _distance_variants(x_in: torch.Tensor, x_out: torch.Tensor) -> list[tuple[float, str]]:
     """The classic wrong answers for these inputs, with what each one means."""
+    __tracebackhide__ = True
     a, b = x_in.double(), x_out.double()
     cos = F.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
     reference = float((torch.arccos(cos) / math.pi).mean())
 
     def dist(u, v, dim=-1):
+        __tracebackhide__ = True
         return float((torch.arccos(F.cosine_similarity(u, v, dim=dim).clamp(-1, 1)) / math.pi).mean())
 
     return [
@@ -125,6 +130,16 @@ def _distance_variants(x_in: torch.Tensor, x_out: torch.Tensor) -> list[tuple[fl
          "(dim=-1), one cosine per token"),
         (dist(a.reshape(-1), b.reshape(-1), dim=0), "you took one cosine of the two whole tensors flattened into "
          "single vectors; take one cosine per token, over the hidden dimension (dim=-1), then average"),
+        (dist(b - a, a), "you took the cosine of the block's UPDATE x_out - x_in with x_in; Eq. 7 compares the "
+         "two hidden states themselves: cos(x_in, x_out)"),
+        (dist(b - a, b), "you took the cosine of the block's UPDATE x_out - x_in with x_out; Eq. 7 compares the "
+         "two hidden states themselves: cos(x_in, x_out)"),
+        (dist(a[:, :-1], b[:, 1:]), "you paired each token's input with the NEXT token's output; compare the same "
+         "token's vectors, x_in[b, t] with x_out[b, t]"),
+        (dist(a[:, :-1], a[:, 1:]), "you compared neighbouring tokens of x_in with each other; compare each "
+         "token's input with its own output, cos(x_in[b, t], x_out[b, t])"),
+        (dist(b[:, :-1], b[:, 1:]), "you compared neighbouring tokens of x_out with each other; compare each "
+         "token's input with its own output, cos(x_in[b, t], x_out[b, t])"),
     ]
 
 
@@ -134,9 +149,10 @@ def _distance_variants(x_in: torch.Tensor, x_out: torch.Tensor) -> list[tuple[fl
 
 
 def _check_distance_case(fn: Callable, x_in: torch.Tensor, x_out: torch.Tensor, reference: float, where: str) -> None:
+    __tracebackhide__ = True
     name = "angular_distance"
     a, b = x_in.clone(), x_out.clone()
-    result = _one_distance(call(fn, a, b, name=name), where, name, tuple(x_in.shape[:2]))
+    result = _one_distance(call(fn, a, b, name=name, returns="one number, a float or a 0-d tensor"), where, name, tuple(x_in.shape[:2]))
     if not (torch.equal(a, x_in) and torch.equal(b, x_out)):
         fail(f"{where}: {name} modified its inputs in place (e.g. normalising with /=); the hidden states are needed "
              "again afterwards: use out-of-place operations")
@@ -164,14 +180,17 @@ def _check_distance_case(fn: Callable, x_in: torch.Tensor, x_out: torch.Tensor, 
 
 def _block_boundaries(model: nn.Module, windows: torch.Tensor) -> list[torch.Tensor]:
     """The hidden state entering every block, and the one leaving the last block (before the final norm)."""
+    __tracebackhide__ = True
     adapter = adapter_for(model)
     blocks = adapter.blocks(model)
     states: list[torch.Tensor] = []
 
     def record_input(_module, args, kwargs):
+        __tracebackhide__ = True
         states.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
 
     def record_output(_module, _args, output):
+        __tracebackhide__ = True
         states.append((output[0] if isinstance(output, tuple) else output).detach().clone())
 
     handles = [block.register_forward_pre_hook(record_input, with_kwargs=True) for block in blocks]
@@ -185,7 +204,7 @@ def _block_boundaries(model: nn.Module, windows: torch.Tensor) -> list[torch.Ten
     return states
 
 
-@keeps_rng
+@graded_check
 def check_angular_distance(fn: Callable) -> None:
     """Check ``angular_distance(x_in, x_out)`` for hidden states of shape ``(batch, seq, hidden)``.
 
@@ -196,6 +215,7 @@ def check_angular_distance(fn: Callable) -> None:
     before ``arccos``), and against the package's ``angular_distances`` on a tiny Llama's real block
     inputs and outputs.
     """
+    __tracebackhide__ = True
     gen = generator(50)
     for shape in ((2, 7, 16), (3, 5, 10), (1, 9, 24)):
         x_in, x_out = _hidden_pair(gen, shape)
@@ -226,6 +246,7 @@ def check_angular_distance(fn: Callable) -> None:
 
 
 def _as_indices(result, where: str, fn_name: str) -> list[int]:
+    __tracebackhide__ = True
     if isinstance(result, torch.Tensor):
         result = result.detach().reshape(-1).tolist()
     if isinstance(result, (int, float)) and not isinstance(result, bool):
@@ -245,6 +266,7 @@ def _as_indices(result, where: str, fn_name: str) -> list[int]:
 
 def _block_choice_cases(gen: torch.Generator) -> list[tuple[int, int, torch.Tensor]]:
     """(num_blocks, n, distances) with the minimum in the middle, at the last window, first window, and a tie."""
+    __tracebackhide__ = True
     cases = []
     for num_blocks, n, argmin in ((30, 8, 13), (10, 3, 7), (6, 1, 0), (12, 4, 5)):
         d = 0.2 + 0.3 * torch.rand(num_blocks - n + 1, generator=gen)
@@ -256,7 +278,7 @@ def _block_choice_cases(gen: torch.Generator) -> list[tuple[int, int, torch.Tens
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_choose_consecutive_blocks(fn: Callable) -> None:
     """Check ``choose_consecutive_blocks(distances, n)``.
 
@@ -266,12 +288,13 @@ def check_choose_consecutive_blocks(fn: Callable) -> None:
     tuple, range or tensor of ints); on ties, the earliest window
     (:func:`pruning_course.structured.choose_consecutive_blocks`).
     """
+    __tracebackhide__ = True
     name = "choose_consecutive_blocks"
     gen = generator(52)
     for num_blocks, n, distances in _block_choice_cases(gen):
         where = f"with {num_blocks} blocks, n={n} ({distances.numel()} distances)"
         d_in = distances.clone()
-        got = _as_indices(call(fn, d_in, n, name=name), where, name)
+        got = _as_indices(call(fn, d_in, n, name=name, returns="a list of the n consecutive block indices to remove"), where, name)
         if not torch.equal(d_in, distances):
             fail(f"{where}: {name} modified the distances in place; use out-of-place operations")
         expected = package_choose_consecutive_blocks(distances, n)
@@ -323,12 +346,14 @@ def check_choose_consecutive_blocks(fn: Callable) -> None:
 
 def _layer_indices(model: nn.Module, adapter) -> list[list[int]]:
     """For every block, the ``layer_idx`` values of its modules (attention modules carry one)."""
+    __tracebackhide__ = True
     return [[m.layer_idx for m in block.modules() if isinstance(getattr(m, "layer_idx", None), int)]
             for block in adapter.blocks(model)]
 
 
 def _origin(block: nn.Module, originals: list[dict[str, torch.Tensor]]) -> int:
     """Which original block ``block`` is (by its weights; copies count), or -1."""
+    __tracebackhide__ = True
     state = block.state_dict()
     for index, original in enumerate(originals):
         if state.keys() == original.keys() and all(torch.equal(state[k], original[k]) for k in original):
@@ -338,6 +363,7 @@ def _origin(block: nn.Module, originals: list[dict[str, torch.Tensor]]) -> int:
 
 def _ascending_deletion(num_blocks: int, indices: Sequence[int]) -> list[int] | None:
     """The blocks left by ``del blocks[i]`` for each index in increasing order (None if that crashes)."""
+    __tracebackhide__ = True
     remaining = list(range(num_blocks))
     for index in sorted(indices):
         if index >= len(remaining):
@@ -347,12 +373,14 @@ def _ascending_deletion(num_blocks: int, indices: Sequence[int]) -> list[int] | 
 
 
 def _generate(model: nn.Module, prompt: torch.Tensor) -> torch.Tensor:
+    __tracebackhide__ = True
     with torch.no_grad():
         return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
                               use_cache=True, pad_token_id=0, eos_token_id=None)
 
 
 def _expect_value_error(fn: Callable, family: str, num_blocks: int, indices: list[int], why: str) -> None:
+    __tracebackhide__ = True
     model = tiny_random_model(family, seed=53, num_blocks=num_blocks)
     adapter = adapter_for(model)
     call_text = f"remove_blocks(<tiny {family} with {num_blocks} blocks>, adapter, {indices})"
@@ -366,7 +394,7 @@ def _expect_value_error(fn: Callable, family: str, num_blocks: int, indices: lis
              f"{num_blocks} left): check the indices BEFORE changing the model")
 
 
-@keeps_rng
+@graded_check
 def check_remove_blocks(fn: Callable) -> None:
     """Check ``remove_blocks(model, adapter, indices)`` on tiny Llama (grouped-query attention), GPT-2 and OPT.
 
@@ -377,6 +405,7 @@ def check_remove_blocks(fn: Callable) -> None:
     cache. Indices outside ``0 .. num_blocks - 1`` (negative ones included) and removing every
     block must raise ``ValueError`` before the model is changed.
     """
+    __tracebackhide__ = True
     name = "remove_blocks"
     gen = generator(54)
     cases = (("llama", 4, [1, 2]), ("llama", 5, [3, 0]), ("gpt2", 4, [0, 2]), ("opt", 4, [3]), ("llama", 4, [0, 1, 2]))
@@ -389,7 +418,15 @@ def check_remove_blocks(fn: Callable) -> None:
         where = f"removing blocks {indices} from a tiny {family} with {num_blocks} blocks"
         prompt = torch.randint(0, 384, (2, 5), generator=gen)
 
-        result = call(fn, model, adapter, list(indices), name=name)
+        try:
+            result = call(fn, model, adapter, list(indices), name=name, returns="the model (or None)")
+        except CheckFailed as error:
+            if "cannot assign" in str(error) and "child module" in str(error):
+                raise CheckFailed(f"you assigned a plain Python list to the model's blocks: use nn.ModuleList\n"
+                                  f"{where}: a model's blocks must stay an nn.ModuleList (a plain list would hide "
+                                  "their weights from the model): delete entries in place (del blocks[i]) or "
+                                  f"assign nn.ModuleList(kept_blocks).\n{error}") from None
+            raise
         if result is None:
             result = model
         if not isinstance(result, nn.Module):

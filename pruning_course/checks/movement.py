@@ -16,7 +16,7 @@ from torch import nn
 
 from ..masks import num_to_prune, per_row_mask
 from ..unstructured.movement import MaskedLinear, cubic_sparsity, topk_mask
-from . import call, close_to, describe_largest_difference, diagnose, fail, fmt_values, generator, keeps_rng, passed
+from . import call, close_to, describe_largest_difference, diagnose, fail, fmt_values, generator, graded_check, passed
 
 __all__ = ["check_topk_binarizer", "check_cubic_sparsity", "check_movement_score_update"]
 
@@ -29,8 +29,9 @@ _FORWARD_CASES = [((7, 13), 0.3), ((5, 33), 0.9), ((1, 9), 0.5), ((12, 10), 0.75
 
 
 def _apply(binarizer, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    __tracebackhide__ = True
     try:
-        return call(binarizer.apply, scores, sparsity, name="TopKBinarizer.apply")
+        return call(binarizer.apply, scores, sparsity, name="TopKBinarizer.apply", returns="the float keep-mask Top_v(scores), of the scores' shape")
     except AssertionError as error:
         message = str(error)
         if "incorrect number of gradients" in message:
@@ -44,6 +45,7 @@ def _apply(binarizer, scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 def _diagnose_topk_mask(mask: torch.Tensor, scores: torch.Tensor, sparsity: float, where: str) -> None:
     """Fail with the mistake the boolean ``mask`` matches."""
+    __tracebackhide__ = True
     n = scores.numel()
     k = num_to_prune(n, sparsity)
     reference = topk_mask(scores, sparsity)
@@ -86,6 +88,7 @@ def _diagnose_topk_mask(mask: torch.Tensor, scores: torch.Tensor, sparsity: floa
 
 
 def _check_forward(binarizer) -> None:
+    __tracebackhide__ = True
     gen = generator(110)
     for shape, sparsity in _FORWARD_CASES:
         scores = torch.randn(shape, generator=gen)
@@ -122,6 +125,7 @@ def _check_forward(binarizer) -> None:
 
 def _grad_through(binarizer, scores: torch.Tensor, sparsity: float, loss_of_mask: Callable) -> tuple:
     """``(scores.grad, mask)`` after ``loss_of_mask(TopKBinarizer.apply(scores, sparsity)).backward()``."""
+    __tracebackhide__ = True
     scores = scores.detach().clone().requires_grad_(True)
     mask = _apply(binarizer, scores, sparsity)
     if not isinstance(mask, torch.Tensor) or not mask.requires_grad:
@@ -142,6 +146,7 @@ def _grad_through(binarizer, scores: torch.Tensor, sparsity: float, loss_of_mask
 
 
 def _diagnose_grad(grad, expected: torch.Tensor, mask: torch.Tensor, where: str) -> None:
+    __tracebackhide__ = True
     if grad is None or float(grad.detach().abs().sum()) == 0.0:
         fail(f"{where}: the scores receive no gradient (None or all zeros). The mask is a step function whose true "
              "derivative is 0 almost everywhere; movement pruning uses the STRAIGHT-THROUGH estimator instead: "
@@ -165,7 +170,7 @@ def _diagnose_grad(grad, expected: torch.Tensor, mask: torch.Tensor, where: str)
          f"{describe_largest_difference(grad, expected)}")
 
 
-@keeps_rng
+@graded_check
 def check_topk_binarizer(binarizer) -> None:
     """Check a ``torch.autograd.Function`` ``TopKBinarizer`` used as ``TopKBinarizer.apply(scores, sparsity)``.
 
@@ -175,6 +180,7 @@ def check_topk_binarizer(binarizer) -> None:
     (``None`` for the sparsity). The gradient is also checked on a small masked linear layer, where
     the straight-through ``dL/dS = W * dL/dW'`` has a closed form.
     """
+    __tracebackhide__ = True
     if not (isinstance(binarizer, type) and issubclass(binarizer, torch.autograd.Function)):
         kind = "an instance" if isinstance(binarizer, torch.autograd.Function) else type(binarizer).__name__
         fail(f"pass the class itself (a subclass of torch.autograd.Function with @staticmethod forward(ctx, scores, "
@@ -213,9 +219,11 @@ _SCHEDULE_CASES = [(40, 0.9, 0.0, 4, 8), (23, 0.8, 0.2, 3, 5), (10, 0.5, 0.0, 0,
 
 def _schedule_variants(total: int, final: float, initial: float, warmup: int, cooldown: int) -> list:
     """(values for every step, message) of the classic wrong schedules."""
+    __tracebackhide__ = True
     span = total - warmup - cooldown
 
     def piecewise(progress: Callable[[int], float], shape: Callable[[float], float], clamp: bool = True) -> list:
+        __tracebackhide__ = True
         values = []
         for t in range(total):
             if t < warmup:
@@ -227,9 +235,11 @@ def _schedule_variants(total: int, final: float, initial: float, warmup: int, co
         return values
 
     def cubic(p):
+        __tracebackhide__ = True
         return (1 - p) ** 3
 
     def reference(t, w=warmup, c=cooldown, s_i=initial):
+        __tracebackhide__ = True
         return cubic_sparsity(t, total, final, s_i, w, c)
 
     variants = [
@@ -277,6 +287,7 @@ def _schedule_variants(total: int, final: float, initial: float, warmup: int, co
 
 def _exponent(values: list, total: int, final: float, initial: float, warmup: int, cooldown: int) -> float | None:
     """The exponent ``e`` with ``values = s_f + (s_i - s_f)(1 - p)^e`` on the pruning steps, if one fits."""
+    __tracebackhide__ = True
     span = total - warmup - cooldown
     fits = []
     for t in range(warmup, total - cooldown - 1):
@@ -291,7 +302,7 @@ def _exponent(values: list, total: int, final: float, initial: float, warmup: in
     return e if max(abs(f - e) for f in fits) < 1e-3 * max(abs(e), 1) else None
 
 
-@keeps_rng
+@graded_check
 def check_cubic_sparsity(schedule: Callable) -> None:
     """Check ``cubic_sparsity(step, total_steps, final_sparsity, initial_sparsity, warmup_steps, cooldown_steps)``.
 
@@ -300,6 +311,7 @@ def check_cubic_sparsity(schedule: Callable) -> None:
     (t - warmup + 1) / (total - warmup - cooldown)`` (Zhu & Gupta 2017, Eq. 1), as
     :func:`pruning_course.unstructured.movement.cubic_sparsity`.
     """
+    __tracebackhide__ = True
     name = "cubic_sparsity"
     for total, final, initial, warmup, cooldown in _SCHEDULE_CASES:
         where = (f"total_steps={total}, final_sparsity={final}, initial_sparsity={initial}, warmup_steps={warmup}, "
@@ -307,7 +319,10 @@ def check_cubic_sparsity(schedule: Callable) -> None:
         values = []
         for t in range(total):
             value = call(schedule, t, total, final, initial_sparsity=initial, warmup_steps=warmup,
-                         cooldown_steps=cooldown, name=name)
+                         cooldown_steps=cooldown, name=name, returns="the sparsity at that step, a Python float")
+            if isinstance(value, torch.Tensor):
+                fail(f"return a Python float, not a tensor: float(value) or value.item()\n{where}: {name} returned "
+                     f"a {tuple(value.shape)} tensor at step {t}; the exercise asks for the sparsity as a Python float.")
             try:
                 values.append(float(value))
             except (TypeError, ValueError):
@@ -350,6 +365,7 @@ def check_cubic_sparsity(schedule: Callable) -> None:
 
 def _reference_score_step(weight, scores, sparsity, x, upstream, lr) -> tuple[torch.Tensor, torch.Tensor]:
     """Autograd through the package's ``MaskedLinear`` and one ``torch.optim.SGD`` step on the scores."""
+    __tracebackhide__ = True
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -363,7 +379,7 @@ def _reference_score_step(weight, scores, sparsity, x, upstream, lr) -> tuple[to
     return masked.scores.detach().clone(), upstream.t() @ x
 
 
-@keeps_rng
+@graded_check
 def check_movement_score_update(update: Callable) -> None:
     """Check ``movement_score_update(scores, weight, grad, lr)``: one SGD step ``S - lr * W * grad``.
 
@@ -371,6 +387,7 @@ def check_movement_score_update(update: Callable) -> None:
     the straight-through estimator makes ``dL/dS = W * dL/dW'`` (Sanh et al. 2020, Sec. 3). The
     reference is autograd through the package's ``MaskedLinear`` followed by ``torch.optim.SGD``.
     """
+    __tracebackhide__ = True
     name = "movement_score_update"
     gen = generator(112)
     for (out_features, in_features), lr, sparsity in (((4, 7), 0.1, 0.5), ((6, 3), 0.01, 0.3), ((1, 5), 1.0, 0.4)):
@@ -381,7 +398,7 @@ def check_movement_score_update(update: Callable) -> None:
         reference, grad = _reference_score_step(weight, scores, sparsity, x, upstream, lr)
         where = f"a {out_features}x{in_features} layer, lr={lr}"
         inputs = {"weight": weight.clone(), "grad": grad.clone()}
-        result = call(update, scores.clone(), inputs["weight"], inputs["grad"], lr, name=name)
+        result = call(update, scores.clone(), inputs["weight"], inputs["grad"], lr, name=name, returns="the updated scores, a tensor of the scores' shape")
         for what, tensor in inputs.items():
             if not torch.equal(tensor, weight if what == "weight" else grad):
                 fail(f"{where}: {name} changed the {what} in place; only the scores are updated")

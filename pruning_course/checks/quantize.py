@@ -35,7 +35,7 @@ from ..quantize.model import QuantizedWeight
 from ..packing import pack_int, unpack_int
 from ..quantize.rtn import quantize_rtn as reference_quantize_rtn
 from ..quantize.storage import encode_weight
-from . import call, diagnose, expect_number, expect_tensor, fail, fmt_values, generator, keeps_rng, passed
+from . import call, diagnose, expect_number, expect_tensor, fail, fmt_values, generator, graded_check, passed
 
 __all__ = [
     "check_quantize_rtn",
@@ -56,6 +56,7 @@ FP16_STEP = 2.0**-10  # the package rounds scales UP to float16: at most one flo
 def _rtn_cases(seed: int):
     """``(weight, bits, group_size, description)``: rows of different scale, groups that do not contain 0,
     an all-zero group, 8-bit codes above 127, and a value exactly halfway past the top of the grid."""
+    __tracebackhide__ = True
     gen = generator(200 + seed)
     cases = []
     for rows, cols, bits, g in ((8, 32, 4, 8), (6, 48, 3, 16), (5, 24, 8, 12), (7, 30, 4, 10)):
@@ -74,6 +75,7 @@ def _rtn_cases(seed: int):
 
 
 def _ranges(weight: torch.Tensor, g: int, include_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    __tracebackhide__ = True
     rows, cols = weight.shape
     groups = weight.double().reshape(rows, cols // g, g)
     xmin, xmax = groups.amin(dim=-1), groups.amax(dim=-1)
@@ -84,6 +86,7 @@ def _ranges(weight: torch.Tensor, g: int, include_zero: bool = True) -> tuple[to
 
 def _matches_where(value: torch.Tensor, variant: torch.Tensor, rtol: float = 1e-4, mask: torch.Tensor | None = None) -> bool:
     """``value`` equals ``variant`` to ``rtol`` (relative, entry by entry) where ``mask`` is True."""
+    __tracebackhide__ = True
     if tuple(value.shape) != tuple(variant.shape):
         return False
     value, variant = value.double(), variant.double()
@@ -95,6 +98,7 @@ def _matches_where(value: torch.Tensor, variant: torch.Tensor, rtol: float = 1e-
 
 
 def _as_float(value, what: str, shape: tuple[int, ...], where: str) -> torch.Tensor:
+    __tracebackhide__ = True
     tensor = expect_tensor(value, shape, f"{what} {where}").detach()
     if tensor.is_complex() or tensor.dtype == torch.bool:
         fail(f"{where}: {what} should hold real numbers, got dtype {tensor.dtype}")
@@ -102,6 +106,7 @@ def _as_float(value, what: str, shape: tuple[int, ...], where: str) -> torch.Ten
 
 
 def _check_rtn_shapes(result, rows: int, cols: int, g: int, where: str):
+    __tracebackhide__ = True
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         fail(f"{where}: return a tuple (codes, scales, zeros), got {type(result).__name__}"
              + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""))
@@ -141,6 +146,7 @@ def _check_rtn_shapes(result, rows: int, cols: int, g: int, where: str):
 
 def _diagnose_scales(s: torch.Tensor, weight: torch.Tensor, bits: int, g: int, nonempty: torch.Tensor, where: str) -> None:
     """Fail with the grid mistake that the learner's scales ``s`` (float64) match."""
+    __tracebackhide__ = True
     rows, cols = weight.shape
     maxq = 2**bits - 1
     xmin, xmax = _ranges(weight, g)
@@ -156,6 +162,7 @@ def _diagnose_scales(s: torch.Tensor, weight: torch.Tensor, bits: int, g: int, n
            f"x_max = max(max(x), 0) ({maxq} steps between {2**bits} grid points)")
 
     def like(variant: torch.Tensor) -> bool:
+        __tracebackhide__ = True
         return _matches_where(s, variant, 1e-4, nonempty) or _matches_where(s, variant * (1 + FP16_STEP / 2), FP16_STEP, nonempty)
 
     if like(span / 2**bits):
@@ -192,11 +199,13 @@ def _diagnose_scales(s: torch.Tensor, weight: torch.Tensor, bits: int, g: int, n
 
 
 def _near_tie(t: torch.Tensor) -> torch.Tensor:
+    __tracebackhide__ = True
     return ((t - torch.floor(t)) - 0.5).abs() < TIE
 
 
 def _accepted(value: torch.Tensor, t: torch.Tensor, offset: torch.Tensor, maxq: int) -> torch.Tensor:
     """Where ``value`` is ``clamp(round(t) + offset, 0, maxq)``, either neighbour at a rounding tie."""
+    __tracebackhide__ = True
     exact = torch.clamp(torch.round(t) + offset, 0, maxq)
     low = torch.clamp(torch.floor(t) + offset, 0, maxq)
     high = torch.clamp(torch.ceil(t) + offset, 0, maxq)
@@ -206,6 +215,7 @@ def _accepted(value: torch.Tensor, t: torch.Tensor, offset: torch.Tensor, maxq: 
 
 def _diagnose_zeros(z: torch.Tensor, s: torch.Tensor, weight: torch.Tensor, bits: int, g: int,
                     nonempty: torch.Tensor, where: str) -> None:
+    __tracebackhide__ = True
     maxq = 2**bits - 1
     xmin, _ = _ranges(weight, g)
     t = -xmin / s
@@ -235,6 +245,7 @@ def _diagnose_zeros(z: torch.Tensor, s: torch.Tensor, weight: torch.Tensor, bits
 
 def _diagnose_codes(codes: torch.Tensor, raw_dtype: torch.dtype, s: torch.Tensor, z: torch.Tensor,
                     weight: torch.Tensor, bits: int, g: int, where: str) -> None:
+    __tracebackhide__ = True
     rows, cols = weight.shape
     maxq = 2**bits - 1
     se, ze = s.repeat_interleave(g, dim=1), z.repeat_interleave(g, dim=1)
@@ -257,12 +268,13 @@ def _diagnose_codes(codes: torch.Tensor, raw_dtype: torch.dtype, s: torch.Tensor
         fail(f"{where}: your codes are torch.int8, which holds -128..127: {bits}-bit codes go up to {maxq}, and codes "
              "above 127 wrap around to negative numbers. Return them as torch.uint8 (0..255).")
     def same(variant: torch.Tensor) -> bool:  # uint8 wraps negative codes around: -1 becomes 255
+        __tracebackhide__ = True
         return bool((codes == variant).all()) or (raw_dtype == torch.uint8 and bool((codes == variant % 256).all()))
 
     if bool(_accepted(codes, u, torch.zeros_like(ze), maxq).all()) or same(torch.round(u)):
         fail(f"{where}: your codes are round(x / scale) without the zero point: add it. {fix}: the zero point moves "
              f"the grid so that the most negative weight gets code 0.")
-    if same(torch.round(u) - ze):
+    if same(torch.round(u) - ze) or bool(_accepted(codes, u, -ze, maxq).all()):
         fail(f"{where}: you SUBTRACT the zero point; add it: {fix} (dequantization subtracts it again: "
              "x_hat = scale * (code - zero)).")
     if bool(_accepted(codes, (x - xmin.repeat_interleave(g, dim=1)) / se, torch.zeros_like(ze), maxq).all()):
@@ -294,7 +306,7 @@ def _diagnose_codes(codes: torch.Tensor, raw_dtype: torch.dtype, s: torch.Tensor
          f"{int(z[r, c // g])} should get code {expected} ({fix}), yours is {int(codes[r, c])}.")
 
 
-@keeps_rng
+@graded_check
 def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
     """Check ``quantize_rtn(weight, bits, group_size) -> (codes, scales, zeros)``.
 
@@ -305,12 +317,13 @@ def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
     tie). An all-zero group may have any positive scale and integer zero point but its codes must be
     the zero point.
     """
+    __tracebackhide__ = True
     name = "quantize_rtn"
     for weight, bits, g, where in _rtn_cases(seed):
         rows, cols = weight.shape
         maxq = 2**bits - 1
         w_in = weight.clone()
-        result = call(quantize_rtn, w_in, bits, g, name=name)
+        result = call(quantize_rtn, w_in, bits, g, name=name, returns="(codes, scales, zeros): codes (out, in), scales and zeros (out, in // group_size)")
         if not torch.equal(w_in, weight):
             fail(f"{where}: {name} modified the weight in place; compute new tensors instead")
         codes, scales, zeros = _check_rtn_shapes(result, rows, cols, g, where)
@@ -354,6 +367,7 @@ def check_quantize_rtn(quantize_rtn: Callable, seed: int = 0) -> None:
 
 
 def _nibble_pack_cases(seed: int) -> list[torch.Tensor]:
+    __tracebackhide__ = True
     gen = generator(300 + seed)
     every = torch.arange(16, dtype=torch.uint8)[torch.randperm(16, generator=gen)]  # every nibble value, bytes >= 128 too
     return [
@@ -367,6 +381,7 @@ def _nibble_pack_cases(seed: int) -> list[torch.Tensor]:
 
 def _pack_variant(codes: torch.Tensor, order: str) -> torch.Tensor:
     """Bytes of the classic wrong layouts: ``high_first`` nibble order, or ``halves`` (code i with code i + n/2)."""
+    __tracebackhide__ = True
     flat = codes.reshape(-1).to(torch.int64)
     flat = torch.cat([flat, flat.new_zeros(flat.numel() % 2)])
     if order == "halves":
@@ -379,17 +394,18 @@ def _pack_variant(codes: torch.Tensor, order: str) -> torch.Tensor:
     return (first | second << 4).to(torch.uint8)
 
 
-@keeps_rng
+@graded_check
 def check_pack_int4(pack_int4: Callable, seed: int = 0) -> None:
     """Check ``pack_int4(codes)``: the 4-bit codes of any shape, row-major, two per byte, low nibble first
     (``byte i = codes[2i] | codes[2i + 1] << 4``), an odd count padded with a zero nibble, as a 1-D
     ``uint8`` tensor of ``ceil(n / 2)`` bytes (:func:`pruning_course.quantize.pack_int` with 4 bits)."""
+    __tracebackhide__ = True
     name = "pack_int4"
     for codes in _nibble_pack_cases(seed):
         n = codes.numel()
         where = f"on {n} codes of shape {tuple(codes.shape)} ({fmt_values(codes, 6)})"
         c_in = codes.clone()
-        packed = call(pack_int4, c_in, name=name)
+        packed = call(pack_int4, c_in, name=name, returns="a 1-D torch.uint8 tensor of ceil(n / 2) bytes")
         if not torch.equal(c_in, codes):
             fail(f"{where}: {name} modified the codes in place; build a new tensor")
         if not isinstance(packed, torch.Tensor):
@@ -433,11 +449,12 @@ def check_pack_int4(pack_int4: Callable, seed: int = 0) -> None:
     passed("pack_int4 stores two codes per byte, low nibble first, ceil(n / 2) bytes")
 
 
-@keeps_rng
+@graded_check
 def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
     """Check ``unpack_int4(packed, count)``: the first ``count`` codes back from :func:`check_pack_int4`'s
     format (made here by the package's ``pack_int``), as a 1-D tensor of integers ``0..15`` (uint8
     like the package, or any integer dtype)."""
+    __tracebackhide__ = True
     name = "unpack_int4"
     for codes in _nibble_pack_cases(seed):
         flat = codes.reshape(-1)
@@ -445,7 +462,7 @@ def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
         packed = pack_int(codes, 4)
         where = f"on {packed.numel()} bytes ({fmt_values(packed, 4)}) holding {n} codes"
         p_in = packed.clone()
-        result = call(unpack_int4, p_in, n, name=name)
+        result = call(unpack_int4, p_in, n, name=name, returns="a 1-D torch.uint8 tensor of count codes")
         if not torch.equal(p_in, packed):
             fail(f"{where}: {name} modified the packed bytes in place")
         if not isinstance(result, torch.Tensor):
@@ -500,6 +517,7 @@ def check_unpack_int4(unpack_int4: Callable, seed: int = 0) -> None:
 
 
 def _nbytes_cases(seed: int) -> list[tuple[int, int, int, int, int]]:
+    __tracebackhide__ = True
     gen = generator(400 + seed)
     cases = [(64, 192, 64 * 192 // 2, 4, 64), (48, 96, 1001, 4, 32), (10, 24, 77, 3, 8), (30, 64, 30 * 64, 8, 16),
              (7, 40, 139, 4, 20), (20, 80, 0, 4, 16), (3, 21, 10, 3, 7)]
@@ -510,6 +528,7 @@ def _nbytes_cases(seed: int) -> list[tuple[int, int, int, int, int]]:
 
 def _encoded(rows: int, cols: int, kept: int, bits: int, g: int, gen: torch.Generator) -> dict[str, int]:
     """Bytes per tensor of a real ``(rows, cols)`` weight with ``kept`` non-zeros, encoded by the package."""
+    __tracebackhide__ = True
     weight = torch.zeros(rows * cols)
     where = torch.randperm(rows * cols, generator=gen)[:kept]
     signs = torch.randint(0, 2, (kept,), generator=gen) * 2 - 1
@@ -522,20 +541,21 @@ def _encoded(rows: int, cols: int, kept: int, bits: int, g: int, gen: torch.Gene
     return {suffix: t.numel() * t.element_size() for suffix, t in encoded.tensors.items()}
 
 
-@keeps_rng
+@graded_check
 def check_compressed_nbytes(compressed_nbytes: Callable, seed: int = 0) -> None:
     """Check ``compressed_nbytes(rows, cols, kept, bits, group_size)`` against the bytes the package's
     encoder (:func:`pruning_course.quantize.encode_weight`, bitmask storage) really writes for such a
     weight: ``ceil(rows * cols / 8)`` (bitmask) + ``ceil(kept * bits / 8)`` (codes) +
     ``2 * rows * groups`` (float16 scales) + ``ceil(rows * groups * bits / 8)`` (zero points), with
     ``groups = cols // group_size``."""
+    __tracebackhide__ = True
     name = "compressed_nbytes"
     gen = generator(450 + seed)
     for rows, cols, kept, bits, g in _nbytes_cases(seed):
         where = f"for rows={rows}, cols={cols}, kept={kept}, bits={bits}, group_size={g}"
         parts = _encoded(rows, cols, kept, bits, g, gen)
         expected = sum(parts.values())
-        value = expect_number(call(compressed_nbytes, rows, cols, kept, bits, g, name=name), f"{where}: {name}", kind="the number of bytes as an int")
+        value = expect_number(call(compressed_nbytes, rows, cols, kept, bits, g, name=name, returns="the number of bytes, an int"), f"{where}: {name}", kind="the number of bytes as an int")
         if value == expected:
             continue
         groups = cols // g

@@ -37,7 +37,7 @@ from . import (
     fail,
     fmt_values,
     generator,
-    keeps_rng,
+    graded_check,
     passed,
 )
 
@@ -51,11 +51,13 @@ __all__ = [
 
 def _topk_groups(scores: torch.Tensor, n: int, groups: torch.Tensor) -> torch.Tensor:
     """Keep-mask of the ``n`` highest of each group of a ``(rows, num_groups, size)`` view."""
+    __tracebackhide__ = True
     return torch.zeros_like(groups, dtype=torch.bool).scatter_(2, torch.topk(groups, n, dim=2).indices, True)
 
 
 def _strided_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """The classic non-consecutive grouping ``reshape(rows, m, cols // m)``: every (cols/m)-th column together."""
+    __tracebackhide__ = True
     rows, cols = scores.shape
     groups = scores.reshape(rows, m, cols // m).transpose(1, 2)
     return _topk_groups(scores, n, groups).transpose(1, 2).reshape(rows, cols)
@@ -67,6 +69,7 @@ def _strided_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def _conversion_cases(seed: int):
+    __tracebackhide__ = True
     gen = generator(80 + seed)
     cases = []
     for rows, cols, kind in ((8, 16, "wanda"), (12, 8, "magnitude"), (6, 20, "wanda"), (16, 32, "wanda"), (5, 12, "magnitude")):
@@ -82,6 +85,7 @@ def _conversion_cases(seed: int):
 
 
 def _diagnose_conversion(mask: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor, where: str) -> None:
+    __tracebackhide__ = True
     rows, cols = scores.shape
     reference = nm_mask(scores, 2, 4)
     if torch.equal(mask, ~reference):
@@ -118,18 +122,19 @@ def _diagnose_conversion(mask: torch.Tensor, weight: torch.Tensor, scores: torch
          f"expected {reference[r, 4 * g:4 * g + 4].int().tolist()}.")
 
 
-@keeps_rng
+@graded_check
 def check_convert_to_2_4(convert_to_2_4: Callable, seed: int = 0) -> None:
     """Check ``convert_to_2_4(weight, scores)``: the weight with, in every group of 4 consecutive
     input weights of each row, the 2 lowest-scoring weights set to zero and the other 2 unchanged
     (the package's ``weight * nm_mask(scores, 2, 4)``); a width that is not a multiple of 4 raises
     ``ValueError``."""
+    __tracebackhide__ = True
     name = "convert_to_2_4"
     for weight, scores, kind in _conversion_cases(seed):
         rows, cols = weight.shape
         where = f"on a {rows}x{cols} weight with {'|W|' if kind == 'magnitude' else 'Wanda-like'} scores"
         w_in, s_in = weight.clone(), scores.clone()
-        result = call(convert_to_2_4, w_in, s_in, name=name)
+        result = call(convert_to_2_4, w_in, s_in, name=name, returns="the 2:4 weight, a tensor of the weight's shape")
         if not torch.equal(w_in, weight) or not torch.equal(s_in, scores):
             fail(f"{where}: {name} modified its {'weight' if not torch.equal(w_in, weight) else 'scores'} argument in "
                  "place (e.g. weight.mul_ or weight[...] = 0); return a new tensor: weight * mask")
@@ -166,6 +171,7 @@ def check_convert_to_2_4(convert_to_2_4: Callable, seed: int = 0) -> None:
 
 
 def _random_nm(rows: int, cols: int, n: int, m: int, gen: torch.Generator, extra_zeros: float = 0.0) -> torch.Tensor:
+    __tracebackhide__ = True
     weight = torch.randn(rows, cols, generator=gen)
     weight = torch.where(weight == 0, torch.ones_like(weight), weight)
     weight = weight * nm_mask(torch.rand(rows, cols, generator=gen), n, m)
@@ -176,6 +182,7 @@ def _random_nm(rows: int, cols: int, n: int, m: int, gen: torch.Generator, extra
 
 def _validator_cases(seed: int) -> list[tuple[torch.Tensor, int, int, bool, str]]:
     """``(weight, n, m, expected, description)``: each case catches at least one classic mistake."""
+    __tracebackhide__ = True
     gen = generator(90 + seed)
     cases = []
     cases.append((_random_nm(8, 16, 2, 4, gen), 2, 4, True, "a 2:4 weight (exactly 2 non-zeros in every group of 4)"))
@@ -215,6 +222,7 @@ def _validator_cases(seed: int) -> list[tuple[torch.Tensor, int, int, bool, str]
 
 
 def _as_bool(value, where: str) -> bool:
+    __tracebackhide__ = True
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             fail(f"{where}: return one bool for the whole weight, got a tensor of shape {tuple(value.shape)}: "
@@ -227,17 +235,21 @@ def _as_bool(value, where: str) -> bool:
 
 def _variant_answers(cases) -> list[tuple[list[bool | None], str]]:
     """What each classic wrong validator answers on every case (``None``: that variant would crash)."""
+    __tracebackhide__ = True
 
     def counts(w, m):
+        __tracebackhide__ = True
         rows, cols = w.shape
         return (w.reshape(rows, cols // m, m) != 0).sum(dim=2)
 
     def columns(w, n, m):
+        __tracebackhide__ = True
         if w.shape[0] % m:
             return None
         return reference_is_nm_sparse(w.t().contiguous(), n, m)
 
     def strided(w, n, m):
+        __tracebackhide__ = True
         rows, cols = w.shape
         return bool(((w.reshape(rows, m, cols // m) != 0).sum(dim=1) <= n).all())
 
@@ -275,11 +287,12 @@ def _variant_answers(cases) -> list[tuple[list[bool | None], str]]:
     return answers
 
 
-@keeps_rng
+@graded_check
 def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
     """Check ``is_nm_sparse(weight, n, m)``: ``True`` iff every group of ``m`` consecutive input weights
     of every row has at most ``n`` non-zeros (``pruning_course.masks.is_nm_sparse``). A width that is
     not a multiple of ``m`` may return ``False`` or raise ``ValueError``."""
+    __tracebackhide__ = True
     name = "is_nm_sparse"
     cases = _validator_cases(seed)
     answers, crashes = [], {}
@@ -288,7 +301,7 @@ def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
         where = f"on {description} ({weight.shape[0]}x{weight.shape[1]}, {n}:{m})"
         w_in = weight.clone()
         try:
-            answer = call(is_nm_sparse, w_in, n, m, name=name)
+            answer = call(is_nm_sparse, w_in, n, m, name=name, returns="True or False")
         except CheckFailed as error:
             if "not implemented yet" in str(error):
                 raise
@@ -318,15 +331,18 @@ def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
              f"per group of {m} consecutive input weights: row 0 has {per_group[0].tolist()}; the weight is {n}:{m} "
              f"when every group of every row has at most {n}.")
 
-    # a width that is not a multiple of m: False or ValueError
-    weight = torch.randn(4, 10, generator=generator(99 + seed))
+    # a width that is not a multiple of m: False or ValueError, even when the whole groups are 2:4 and the
+    # two leftover columns hold at most 2 non-zeros (a validator that drops or pads them says True)
+    weight = _random_nm(4, 8, 2, 4, generator(99 + seed))
+    weight = torch.cat([weight, torch.randn(4, 2, generator=generator(98 + seed))], dim=1)
     raised, answer = call_expecting_value_error(
         is_nm_sparse, weight, 2, 4, name=name, what=f"{name} on a 4x10 weight with 2:4",
         hint=". 10 columns do not split into groups of 4: return False (or raise ValueError) when in_features % m != 0.")
     if not raised:
         if _as_bool(answer, "on a 4x10 weight with 2:4") is not False:
-            fail(f"{name} says a 4x10 weight is 2:4 sparse, but 10 columns do not split into groups of 4: return False "
-                 "(or raise ValueError) when in_features % m != 0.")
+            fail(f"{name} ignores the leftover columns when the width is not a multiple of m\n{name} says a 4x10 "
+                 "weight is 2:4 sparse (its first 8 columns are 2:4, the last 2 form no group of 4), but 10 columns "
+                 "do not split into groups of 4: return False (or raise ValueError) when in_features % m != 0.")
     passed(f"{name}: every group of m consecutive input weights has at most n non-zeros ({len(cases)} cases)")
 
 
@@ -336,6 +352,7 @@ def check_nm_validator(is_nm_sparse: Callable, seed: int = 0) -> None:
 
 
 def _storage_cases(seed: int):
+    __tracebackhide__ = True
     gen = generator(100 + seed)
     cases = []
     for rows, cols, dtype, extra in ((8, 16, torch.float32, 0.0), (6, 24, torch.float16, 0.0),
@@ -348,11 +365,13 @@ def _storage_cases(seed: int):
 
 
 def _unpack(packed: torch.Tensor, msb_first: bool = False) -> torch.Tensor:
+    __tracebackhide__ = True
     shifts = torch.tensor([6, 4, 2, 0]) if msb_first else torch.tensor([0, 2, 4, 6])
     return ((packed.to(torch.int64)[:, None] >> shifts) & 3).reshape(-1)
 
 
 def _scatter(values: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    __tracebackhide__ = True
     rows, cols = shape
     dense = torch.zeros(rows, cols // 4, 4, dtype=values.dtype)
     dense.scatter_(2, positions.reshape(rows, cols // 4, 2), values.reshape(rows, cols // 4, 2))
@@ -360,10 +379,11 @@ def _scatter(values: torch.Tensor, positions: torch.Tensor, shape: tuple[int, in
 
 
 def _decode(values: torch.Tensor, packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    __tracebackhide__ = True
     return decompress_nm(CompressedNM(values=values, indices=packed, shape=shape, n=2, m=4))
 
 
-@keeps_rng
+@graded_check
 def check_compress_2_4(compress_2_4: Callable, seed: int = 0) -> None:
     """Check ``compress_2_4(weight) -> (values, packed)`` for a 2:4-sparse ``(rows, cols)`` weight:
     ``values`` of shape ``(rows, cols // 2)`` in the weight's dtype, and ``packed``, a ``uint8``
@@ -371,13 +391,14 @@ def check_compress_2_4(compress_2_4: Callable, seed: int = 0) -> None:
     the order of ``values.flatten()``, four per byte, least significant bits first. Any choice of
     kept positions that restores the weight exactly is accepted (groups with fewer than 2
     non-zeros may keep any zero)."""
+    __tracebackhide__ = True
     name = "compress_2_4"
     for weight in _storage_cases(seed):
         rows, cols = weight.shape
         dtype = str(weight.dtype).removeprefix("torch.")
         where = f"on a {rows}x{cols} 2:4 weight in {dtype}"
         w_in = weight.clone()
-        result = call(compress_2_4, w_in, name=name)
+        result = call(compress_2_4, w_in, name=name, returns="(values, packed): values (out, in // 2), packed uint8 positions")
         if not torch.equal(w_in, weight):
             fail(f"{where}: {name} modified the weight in place; build new tensors instead")
         if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -428,17 +449,18 @@ def check_compress_2_4(compress_2_4: Callable, seed: int = 0) -> None:
     passed("compress_2_4: half the values plus 2-bit positions, four per byte (0.5625 of dense in fp16), restores the weight exactly")
 
 
-@keeps_rng
+@graded_check
 def check_decompress_2_4(decompress_2_4: Callable, seed: int = 0) -> None:
     """Check ``decompress_2_4(values, packed, shape)``: the dense weight back from the format of
     :func:`check_compress_2_4` (made here by the package's ``compress_nm``), bit for bit."""
+    __tracebackhide__ = True
     name = "decompress_2_4"
     for weight in _storage_cases(seed):
         rows, cols = weight.shape
         where = f"on a {rows}x{cols} 2:4 weight in {str(weight.dtype).removeprefix('torch.')}"
         c = compress_nm(weight, 2, 4)
         v_in, p_in = c.values.clone(), c.indices.clone()
-        result = call(decompress_2_4, v_in, p_in, (rows, cols), name=name)
+        result = call(decompress_2_4, v_in, p_in, (rows, cols), name=name, returns="the dense (out, in) weight")
         if not torch.equal(v_in, c.values) or not torch.equal(p_in, c.indices):
             fail(f"{where}: {name} modified its inputs in place")
         result = expect_tensor(result, (rows, cols), f"the decompressed weight {where}", dtype=weight.dtype).detach()

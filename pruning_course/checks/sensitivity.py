@@ -43,7 +43,7 @@ from ..unstructured import magnitude_mask
 from ..unstructured.owl import outlier_ratio as reference_outlier_ratio
 from ..unstructured.owl import owl_sparsities as reference_owl_sparsities
 from ..testing import tiny_random_model
-from . import call, call_expecting_value_error, diagnose, fail, generator, keeps_rng, passed
+from . import call, call_expecting_value_error, diagnose, fail, generator, graded_check, passed
 
 __all__ = [
     "check_outlier_ratio",
@@ -62,6 +62,7 @@ SCAN_SEQLEN = 32
 
 def _numbers(result, length: int, where: str, fn_name: str, what: str) -> torch.Tensor:
     """The learner's sequence of ``length`` numbers as a float64 tensor."""
+    __tracebackhide__ = True
     if isinstance(result, torch.Tensor):
         values = result.detach()
         if values.numel() != length or values.dim() > 1:
@@ -82,19 +83,23 @@ def _numbers(result, length: int, where: str, fn_name: str, what: str) -> torch.
 
 def _tolerance(reference: torch.Tensor) -> float:
     """Scan values come from the same forward passes as the reference: equal up to float rounding."""
+    __tracebackhide__ = True
     return 1e-5 * float(reference.abs().max()) + 1e-12
 
 
 def _close_enough(value: torch.Tensor, reference: torch.Tensor) -> bool:
+    __tracebackhide__ = True
     return _close(value, reference, _tolerance(reference))
 
 
 def _close(value: torch.Tensor, reference: torch.Tensor, atol: float) -> bool:
+    __tracebackhide__ = True
     return value.shape == reference.shape and bool(torch.isfinite(value).all()) and bool(
         ((value - reference).abs() <= atol).all())
 
 
 def _fmt_all(values: torch.Tensor, digits: int = 4) -> str:
+    __tracebackhide__ = True
     return "[" + ", ".join(f"{float(v):.{digits}g}" for v in values) + "]"
 
 
@@ -105,6 +110,7 @@ def _fmt_all(values: torch.Tensor, digits: int = 4) -> str:
 
 def _prune_blocks(model: nn.Module, adapter, blocks: Sequence[int], sparsity: float, how: str) -> None:
     """Prune every linear of ``blocks`` in place the way ``how`` says (the reference or a classic mistake)."""
+    __tracebackhide__ = True
     for index in blocks:
         for linear in adapter.linears(adapter.blocks(model)[index]).values():
             w = weight_matrix(linear)
@@ -122,6 +128,7 @@ def _prune_blocks(model: nn.Module, adapter, blocks: Sequence[int], sparsity: fl
 def _scan(model: nn.Module, adapter, evaluate: Callable, sparsity: float, how: str = "matrix",
           cumulative: bool = False) -> list[float]:
     """Perplexities with one block pruned at a time (or blocks ``0..l`` for ``cumulative``) on a copy."""
+    __tracebackhide__ = True
     results = []
     work = copy.deepcopy(model)
     for index in range(len(adapter.blocks(model))):
@@ -133,6 +140,7 @@ def _scan(model: nn.Module, adapter, evaluate: Callable, sparsity: float, how: s
 
 
 def _changed_blocks(model: nn.Module, adapter, original: dict[str, torch.Tensor]) -> list[str]:
+    __tracebackhide__ = True
     changed = []
     for name, linear in adapter.named_linears(model).items():
         if not torch.equal(weight_matrix(linear).detach(), original[name]):
@@ -152,6 +160,7 @@ class CountingEvaluator:
     calls: int = 0
 
     def __call__(self, m: nn.Module) -> float:
+        __tracebackhide__ = True
         if not isinstance(m, nn.Module):
             fail(f"{self.where}: evaluate(model) takes the model and returns its perplexity; you passed "
                  f"{type(m).__name__}")
@@ -160,12 +169,14 @@ class CountingEvaluator:
 
 
 def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed: int) -> None:
+    __tracebackhide__ = True
     model = tiny_random_model(family, seed=seed, num_blocks=num_blocks)
     adapter = adapter_for(model)
     ids = torch.randint(0, 384, (4 * SCAN_SEQLEN,), generator=generator(seed + 700))
     where = f"on a tiny random {family} with {num_blocks} blocks at sparsity {sparsity}"
 
     def evaluate(m: nn.Module) -> float:
+        __tracebackhide__ = True
         return perplexity(m, ids, SCAN_SEQLEN, progress=False).ppl
 
     pristine = copy.deepcopy(model)
@@ -175,7 +186,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
     original = {name: weight_matrix(m).detach().clone() for name, m in adapter.named_linears(model).items()}
 
     counted = CountingEvaluator(ids, SCAN_SEQLEN, where)
-    result = call(fn, model, adapter, counted, sparsity, name="sensitivity_scan")
+    result = call(fn, model, adapter, counted, sparsity, name="sensitivity_scan", returns="one perplexity increase (a float) per block, in block order")
     if not counted.calls:
         fail(f"{where}: sensitivity_scan never called evaluate(model): measure the dense model once, then the model "
              "with each block pruned")
@@ -233,7 +244,7 @@ def _scan_case(fn: Callable, family: str, num_blocks: int, sparsity: float, seed
          f"magnitude_mask(weight, {sparsity}), evaluate, restore. Expected {_fmt_all(reference)}, yours {_fmt_all(values)}.")
 
 
-@keeps_rng
+@graded_check
 def check_sensitivity_scan(sensitivity_scan: Callable) -> None:
     """Check ``sensitivity_scan(model, adapter, evaluate, sparsity)`` on tiny random models.
 
@@ -243,6 +254,7 @@ def check_sensitivity_scan(sensitivity_scan: Callable) -> None:
     Compared with the package's ``layer_sensitivity`` (``delta_ppl``); the model must come back
     unchanged.
     """
+    __tracebackhide__ = True
     for family, num_blocks, sparsity, seed in (("llama", 3, 0.5, 0), ("gpt2", 3, 0.4, 1), ("opt", 2, 0.6, 2)):
         _scan_case(sensitivity_scan, family, num_blocks, sparsity, seed)
     passed("sensitivity_scan prunes one block at a time, measures its perplexity increase over the dense model and "
@@ -255,10 +267,12 @@ def check_sensitivity_scan(sensitivity_scan: Callable) -> None:
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:
+    __tracebackhide__ = True
     return torch.argsort(torch.argsort(values)).double()
 
 
 def _schedule_cases(gen: torch.Generator) -> list[tuple[torch.Tensor, list[int], float, float]]:
+    __tracebackhide__ = True
     cases = []
     for n, counts, target, spread in (
         (6, [100, 300, 300, 300, 300, 200], 0.6, 0.2),
@@ -271,10 +285,11 @@ def _schedule_cases(gen: torch.Generator) -> list[tuple[torch.Tensor, list[int],
 
 
 def _spread_word(values: torch.Tensor) -> str:
+    __tracebackhide__ = True
     return f"{float(values.max() - values.min()):.4g}"
 
 
-@keeps_rng
+@graded_check
 def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
     """Check ``sensitivity_schedule(sensitivity, counts, target, spread)``.
 
@@ -284,11 +299,12 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
     ``target``. Compared with ``schedule_from_sensitivity(..., mapping="rank")``; a sparsity that
     would leave (0, 1) must raise ``ValueError``.
     """
+    __tracebackhide__ = True
     name = "sensitivity_schedule"
     gen = generator(71)
     for sensitivity, counts, target, spread in _schedule_cases(gen):
         where = f"for {len(counts)} blocks with counts {counts}, target {target}, spread {spread}"
-        result = call(sensitivity_schedule, sensitivity.clone(), list(counts), target, spread, name=name)
+        result = call(sensitivity_schedule, sensitivity.clone(), list(counts), target, spread, name=name, returns="one sparsity per block (a tensor or a list of floats)")
         values = _numbers(result, len(counts), where, name, "one sparsity per block")
         reference = schedule_from_sensitivity(sensitivity, target, spread, counts=counts, mapping="rank")
         if _close(values, reference, 1e-6):
@@ -362,6 +378,7 @@ def check_sensitivity_schedule(sensitivity_schedule: Callable) -> None:
 
 def _outlier_cases(gen: torch.Generator) -> list[tuple[list[torch.Tensor], float, str]]:
     """Score tensors like a block's Wanda scores (heavy-tailed, per-matrix scales), and a case with ties."""
+    __tracebackhide__ = True
     cases = []
     for shapes, scales, M in (
         (((8, 12), (12, 8), (5, 12)), (1.0, 3.0, 0.3), 5.0),
@@ -382,6 +399,7 @@ def _outlier_cases(gen: torch.Generator) -> list[tuple[list[torch.Tensor], float
 
 
 def _ratio_variants(tensors: list[torch.Tensor], M: float) -> list[tuple[float, str]]:
+    __tracebackhide__ = True
     flat = torch.cat([t.detach().double().flatten() for t in tensors])
     n = flat.numel()
     mean = float(flat.mean())
@@ -408,21 +426,28 @@ def _ratio_variants(tensors: list[torch.Tensor], M: float) -> list[tuple[float, 
          "different sizes weigh by their size): outliers / total number of scores"),
         (reference * n, f"you returned the NUMBER of outliers; return their share, divided by the {n} scores"),
         (100 * reference, "you returned a percentage; return a fraction between 0 and 1"),
+        (float((tensors[0].double() > M * tensors[0].double().mean()).sum()) / tensors[0].numel(),
+         "you used only the FIRST score matrix; OWL pools every linear of the block (torch.cat of all of them)"),
+        (float((tensors[-1].double() > M * tensors[-1].double().mean()).sum()) / tensors[-1].numel(),
+         "you used only the LAST score matrix (a loop that overwrites its result?); OWL pools every linear of "
+         "the block"),
     ]
 
 
-@keeps_rng
+@graded_check
 def check_outlier_ratio(outlier_ratio: Callable) -> None:
     """Check ``outlier_ratio(scores, M)`` for a list of score tensors (one block's linears).
 
     The share of all scores, pooled over the list, strictly greater than ``M`` times their pooled
     mean (``pruning_course.unstructured.owl.outlier_ratio``); one number, a float or a 0-d tensor.
     """
+    __tracebackhide__ = True
     name = "outlier_ratio"
     gen = generator(72)
+    outcomes = []
     for tensors, M, where in _outlier_cases(gen):
         inputs = [t.clone() for t in tensors]
-        result = call(outlier_ratio, inputs, M, name=name)
+        result = call(outlier_ratio, inputs, M, name=name, returns="one number, the share of outliers (a float)")
         if any(not torch.equal(a, b) for a, b in zip(inputs, tensors)):
             fail(f"{where}: outlier_ratio modified the scores in place; use out-of-place operations")
         if isinstance(result, torch.Tensor):
@@ -434,14 +459,17 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
             fail(f"{where}: return a float, got {type(result).__name__}")
         result = float(result)
         reference = reference_outlier_ratio(tensors, M)
-        if math.isclose(result, reference, abs_tol=1e-9):
-            continue
-        diagnose(
-            _ratio_variants(tensors, M),
-            lambda value: (not math.isclose(value, reference, abs_tol=1e-9)
-                           and math.isclose(result, value, rel_tol=1e-6, abs_tol=1e-9)),
-            describe=lambda message: f"{where}: your ratio is {result:.6g}, expected {reference:.6g}: {message}.",
-        )
+        outcomes.append((result, reference, _ratio_variants(tensors, M), tensors, M, where))
+    wrong = [o for o in outcomes if not math.isclose(o[0], o[1], abs_tol=1e-9)]
+    if wrong:
+        # one number can equal several wrong answers by chance: name a mistake only if it explains the
+        # learner's answer on EVERY case (equal where that mistake is wrong, right where it is harmless)
+        for index, (_, message) in enumerate(wrong[0][2]):
+            if all(math.isclose(result, variants[index][0], rel_tol=1e-6, abs_tol=1e-9)
+                   for result, _, variants, *_ in outcomes):
+                result, reference, *_, where = wrong[0]
+                fail(f"{where}: your ratio is {result:.6g}, expected {reference:.6g}: {message}.")
+        result, reference, _, tensors, M, where = wrong[0]
         total = sum(t.numel() for t in tensors)
         fail(f"{where}: your ratio is {result:.6g}, expected {reference:.6g} (= {round(reference * total)} of the "
              f"{total} scores are > {M:g} * their mean over all matrices together).")
@@ -453,10 +481,11 @@ def check_outlier_ratio(outlier_ratio: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_owl_sparsities(owl_sparsities: Callable) -> None:
     """Check ``owl_sparsities(ratios, target, lam)``: ``u = (D - min D) / (max D - min D)``,
     ``s = target - 2 lam (u - mean(u))`` (``pruning_course.unstructured.owl.owl_sparsities``)."""
+    __tracebackhide__ = True
     name = "owl_sparsities"
     gen = generator(73)
     rising = torch.linspace(0.005, 0.024, 30, dtype=torch.float64)
@@ -469,7 +498,7 @@ def check_owl_sparsities(owl_sparsities: Callable) -> None:
     ]
     for ratios, target, lam in cases:
         where = f"for {ratios.numel()} blocks, target {target}, lambda {lam}"
-        result = call(owl_sparsities, ratios.clone(), target, lam, name=name)
+        result = call(owl_sparsities, ratios.clone(), target, lam, name=name, returns="one sparsity per block (a tensor)")
         values = _numbers(result, ratios.numel(), where, name, "one sparsity per block")
         reference = reference_owl_sparsities(ratios, target, lam)
         if _close(values, reference, 1e-6):

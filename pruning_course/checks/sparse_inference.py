@@ -34,7 +34,7 @@ from ..sparse_inference import (
     to_csr,
 )
 from ..sparse_inference import csr_nbytes as reference_csr_nbytes
-from . import call, diagnose, expect_number, fail, keeps_rng, passed
+from . import call, diagnose, expect_number, fail, graded_check, passed
 
 __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
@@ -45,6 +45,7 @@ __all__ = ["check_csr_nbytes", "check_memory_break_even", "check_break_even"]
 
 
 def _csr_cases(seed: int) -> list[tuple[torch.Tensor, str]]:
+    __tracebackhide__ = True
     cases = []
     for rows, cols, sparsity, dtype, int32 in ((8, 16, 0.5, torch.float32, False), (12, 10, 0.8, torch.float16, False),
                                                (7, 9, 0.6, torch.float32, True), (5, 20, 0.9, torch.float64, False),
@@ -61,14 +62,15 @@ def _csr_cases(seed: int) -> list[tuple[torch.Tensor, str]]:
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
     """Check ``csr_nbytes(csr)``: the bytes of ``values``, ``col_indices`` and ``crow_indices`` together,
     each ``numel() * element_size()`` of its own dtype."""
+    __tracebackhide__ = True
     name = "csr_nbytes"
     for csr, description in _csr_cases(seed):
         where = f"on {description}"
-        got = expect_number(call(csr_nbytes, csr, name=name), f"{where}: {name}", "the bytes of the CSR tensor", kind="a number")
+        got = expect_number(call(csr_nbytes, csr, name=name, returns="the number of bytes (an int)"), f"{where}: {name}", "the bytes of the CSR tensor", kind="a number")
         expected = reference_csr_nbytes(csr)
         if got == expected:
             continue
@@ -107,34 +109,44 @@ def check_csr_nbytes(csr_nbytes: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
     """Check ``memory_break_even(value_bytes, index_bytes)`` = ``i / (v + i)``: above this sparsity CSR
     (values + one column index per non-zero, row pointers neglected) is smaller than dense."""
+    __tracebackhide__ = True
     name = "memory_break_even"
     pairs = [(4, 8), (4, 4), (2, 8), (2, 4), (1, 4), (8, 8), (1, 2)]
     random.Random(seed).shuffle(pairs)
     for v, i in pairs:
         where = f"with {v}-byte values and {i}-byte indices"
-        got = expect_number(call(memory_break_even, v, i, name=name), f"{where}: {name}", "a sparsity between 0 and 1", kind="a number")
+        got = expect_number(call(memory_break_even, v, i, name=name, returns="the break-even sparsity, a float between 0 and 1"), f"{where}: {name}", "a sparsity between 0 and 1", kind="a number")
         expected = csr_memory_break_even(v, i)
         if math.isclose(got, expected, rel_tol=1e-9):
             continue
         variants = [
-            (v / (v + i), "that is the break-even DENSITY (fraction of non-zeros kept); the sparsity is 1 minus it, "
-             "i / (v + i)"),
+            (v / (v + i), "that is the break-even DENSITY (fraction of non-zeros kept), or you swapped the "
+             "arguments: memory_break_even(value_bytes, index_bytes) is i / (v + i)"),
             (i / v, "CSR costs (1 - s)(v + i) bytes per entry against v dense: solve (1 - s)(v + i) = v for s"),
             (v / i, "CSR costs (1 - s)(v + i) bytes per entry against v dense: solve (1 - s)(v + i) = v for s"),
             (1 - i / v if v > i else None, "CSR costs (1 - s)(v + i) bytes per entry, not (1 - s) v + i: every "
              "non-zero carries its own index"),
             (0.5, "the break-even depends on the byte sizes: solve (1 - s)(v + i) = v for s"),
             (i / (v + 2 * i), "each non-zero has ONE column index: (1 - s)(v + i) = v"),
+            (100 * expected, "that is a percentage; return the sparsity as a fraction between 0 and 1"),
+            (100 * v / (v + i), "that is the break-even DENSITY as a percentage; return the sparsity as a fraction, "
+             "i / (v + i)"),
+            (1 - (v + i) / v, "solving (1 - s)(v + i) = v gives s = 1 - v / (v + i), not 1 - (v + i) / v (a "
+             "negative sparsity)"),
+            (-expected, "your sign is flipped: a sparsity is between 0 and 1, s = i / (v + i)"),
         ]
         diagnose(
             variants,
             lambda value: value is not None and math.isclose(got, value, rel_tol=1e-9),
             describe=lambda message: f"{where}: you return {got:.4g}, expected {expected:.4g}: {message}.",
         )
+        if not 0 <= got <= 1:
+            fail(f"{where}: you return {got:.4g}: a sparsity is a fraction between 0 and 1\n{where}: expected "
+                 f"i / (v + i) = {i} / ({v} + {i}) = {expected:.4g} (not a percentage, never negative).")
         fail(f"{where}: you return {got:.4g}, expected i / (v + i) = {i} / ({v} + {i}) = {expected:.4g}: CSR with "
              f"density d = 1 - s takes d (v + i) bytes per entry against v dense.")
     passed("memory_break_even = i / (v + i): 2/3 for fp32 values with int64 indices, 1/2 with int32, 4/5 for fp16 + int64")
@@ -146,6 +158,7 @@ def check_memory_break_even(memory_break_even: Callable, seed: int = 0) -> None:
 
 
 def _finder_cases(seed: int) -> list[tuple[list[float], list[float], str]]:
+    __tracebackhide__ = True
     rng = random.Random(seed)
     jitter = lambda: 1 + 0.02 * rng.random()  # noqa: E731 - different numbers per seed, same shapes
     cases = [
@@ -157,11 +170,14 @@ def _finder_cases(seed: int) -> list[tuple[list[float], list[float], str]]:
         ([0.5, 0.7, 0.9], [0.8 * jitter(), 0.6, 0.3], "CSR faster at every measured sparsity"),
         ([0.5, 0.7, 0.9], [2.0, 1.0, 0.5 * jitter()], "a ratio of exactly 1 at 70% (a tie is not a win)"),
         ([0.6, 0.85, 0.95, 0.99], [1.8 * jitter(), 1.1, 0.7, 1.2], "CSR faster at 95% but slower again at 99%"),
+        # only a tie at the highest sparsity separates "ratio >= 1 is slower" from "ratio > 1 is slower"
+        ([0.5, 0.7, 0.9], [2.0 * jitter(), 1.5, 1.0], "a ratio of exactly 1 at the highest sparsity, 90% (a tie)"),
     ]
     return cases
 
 
 def _first_crossing(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     points = sorted(zip(s, r))
     if points[0][1] < 1:
         return points[0][0]
@@ -172,6 +188,7 @@ def _first_crossing(s: list[float], r: list[float]) -> float | None:
 
 
 def _no_interpolation(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     points = sorted(zip(s, r))
     slower = [k for k, (_, ratio) in enumerate(points) if ratio >= 1]
     if not slower:
@@ -179,46 +196,60 @@ def _no_interpolation(s: list[float], r: list[float]) -> float | None:
     return None if slower[-1] == len(points) - 1 else points[slower[-1] + 1][0]
 
 
+def _tie_as_win(s: list[float], r: list[float]) -> float | None:
+    """The break-even of a finder that counts a ratio of exactly 1 as CSR faster (``ratio > 1`` is "slower")."""
+    __tracebackhide__ = True
+    points = sorted(zip(s, r))
+    slower = [k for k, (_, ratio) in enumerate(points) if ratio > 1.0]
+    if not slower:
+        return points[0][0]
+    if slower[-1] == len(points) - 1:
+        return None
+    (s0, r0), (s1, r1) = points[slower[-1]], points[slower[-1] + 1]
+    return s0 + (r0 - 1) / (r0 - r1) * (s1 - s0)
+
+
 def _unsorted(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     return crossing_after_last_slower(list(zip(s, r)))
 
 
 def _reference(s: list[float], r: list[float]) -> float | None:
+    __tracebackhide__ = True
     rows = [{"sparsity": a, "time_ratio": b, "batch": 1, "out_features": 1, "in_features": 1} for a, b in zip(s, r)]
     return break_even_sparsity(rows, 1)
 
 
 def _fmt_sparsity(value: float | None) -> str:
+    __tracebackhide__ = True
     return "None" if value is None else f"{value:.4g}"
 
 
 def _same_sparsity(a: float | None, b: float | None) -> bool:
+    __tracebackhide__ = True
     if a is None or b is None:
         return a is None and b is None
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
-@keeps_rng
+@graded_check
 def check_break_even(break_even: Callable, seed: int = 0) -> None:
     """Check ``break_even(sparsities, time_ratios)`` against the package's ``break_even_sparsity``:
     sort by sparsity; take the LAST point where CSR is not faster (ratio >= 1); interpolate linearly
     between it and the next point to where the ratio is 1; the lowest sparsity if no point is slower;
     ``None`` if the highest sparsity is not faster."""
+    __tracebackhide__ = True
     name = "break_even"
+    outcomes = []
     for sparsities, ratios, description in _finder_cases(seed):
         where = f"on {description} (sparsities {sparsities}, csr/dense time ratios {[round(x, 3) for x in ratios]})"
         s_in, r_in = list(sparsities), list(ratios)
-        got = call(break_even, s_in, r_in, name=name)
+        got = call(break_even, s_in, r_in, name=name,
+                   returns="the break-even sparsity as a float, or None when CSR is not faster at the highest sparsity")
         if s_in != sparsities or r_in != ratios:
             fail(f"{where}: {name} modified its input lists (e.g. with .sort()); sort a copy: sorted(zip(s, r))")
-        expected = _reference(sparsities, ratios)
         if got is not None:
             got = expect_number(got, f"{where}: {name}", "a sparsity, or None", kind="a number")
-        if _same_sparsity(got, expected):
-            continue
-        if got is None and all(x < 1 for x in ratios):
-            fail(f"{where}: you return None, expected {expected:.4g}: CSR is faster at EVERY measured point, so the "
-                 "break-even is at or below the lowest measured sparsity: return the lowest measured sparsity.")
         variants = [
             (_first_crossing(sparsities, ratios),
              "that is the FIRST crossing; a single noisy point below 1 followed by slower points is not a break-even. "
@@ -230,18 +261,33 @@ def check_break_even(break_even: Callable, seed: int = 0) -> None:
              "you did not sort the points by sparsity: sorted(zip(sparsities, ratios))"),
             (_reference(sparsities, [1 / x for x in ratios]),
              "you treated the ratio as dense / csr (a speed-up); the ratios here are csr / dense, below 1 = CSR faster"),
+            (_tie_as_win(sparsities, ratios),
+             "a ratio of exactly 1 is a tie, not a win: CSR is not faster there. Count ratio >= 1 as slower "
+             "(not ratio > 1)"),
         ]
-        diagnose(
-            variants,
-            lambda value: _same_sparsity(got, value) and not _same_sparsity(value, expected),
-            describe=lambda message: f"{where}: you return {_fmt_sparsity(got)}, expected {_fmt_sparsity(expected)}: {message}.",
-        )
-        if expected is None:
-            fail(f"{where}: you return {got}; CSR is not faster at the highest measured sparsity, so there is no "
-                 "break-even to report: return None.")
-        if got is None:
-            fail(f"{where}: you return None, expected {expected:.4g}: CSR is faster at the highest measured sparsity; "
-                 "the break-even lies after the last point where CSR is not faster.")
-        fail(f"{where}: you return {got:.4g}, expected {expected:.4g} (the last point with ratio >= 1, then linear "
-             "interpolation to ratio 1 with the next point).")
-    passed("break_even reads the break-even sparsity off measured time ratios (sorted, after the last slower point, interpolated)")
+        outcomes.append((got, _reference(sparsities, ratios), variants, sparsities, ratios, where))
+    wrong = [o for o in outcomes if not _same_sparsity(o[0], o[1])]
+    if not wrong:
+        passed("break_even reads the break-even sparsity off measured time ratios (sorted, after the last slower point, interpolated)")
+        return
+    # a mistake is named only when it gives the learner's answer on EVERY case: one answer (a None above
+    # all) can equal a wrong variant by chance
+    for index, (_, message) in enumerate(wrong[0][2]):
+        if all(_same_sparsity(got, variants[index][0]) for got, _, variants, *_ in outcomes):
+            got, expected, *_, where = wrong[0]
+            fail(f"{where}: you return {_fmt_sparsity(got)}, expected {_fmt_sparsity(expected)}: {message}.")
+    got, expected, _, sparsities, ratios, where = wrong[0]
+    if got is None and all(x < 1 for x in ratios):
+        fail(f"{where}: you return None, expected {expected:.4g}: CSR is faster at EVERY measured point, so the "
+             "break-even is at or below the lowest measured sparsity: return the lowest measured sparsity.")
+    if expected is None and max(zip(sparsities, ratios))[1] == 1:
+        fail(f"{where}: you return {_fmt_sparsity(got)}, expected None: a ratio of exactly 1 is a tie, not a "
+             "win. CSR is not faster at the highest sparsity, so there is no break-even: return None.")
+    if expected is None:
+        fail(f"{where}: you return {got}; CSR is not faster at the highest measured sparsity, so there is no "
+             "break-even to report: return None.")
+    if got is None:
+        fail(f"{where}: you return None, expected {expected:.4g}: CSR is faster at the highest measured sparsity; "
+             "the break-even lies after the last point where CSR is not faster.")
+    fail(f"{where}: you return {got:.4g}, expected {expected:.4g} (the last point with ratio >= 1, then linear "
+         "interpolation to ratio 1 with the next point).")

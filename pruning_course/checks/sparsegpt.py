@@ -35,6 +35,8 @@ from ..calibration import layer_hessian
 from ..evaluate import relative_output_error
 from ..unstructured.sparsegpt import obs_remove_weight, obs_saliency
 from . import (
+    graded_check,
+    in_another_order,
     CheckFailed,
     call,
     close_to,
@@ -44,6 +46,7 @@ from . import (
     generator,
     describe_largest_difference,
     expect_number,
+    fmt_values,
     passed,
     scale_factor,
 )
@@ -62,6 +65,7 @@ __all__ = [
 
 
 def _unchanged(before: torch.Tensor, after: torch.Tensor, what: str, fn_name: str, where: str) -> None:
+    __tracebackhide__ = True
     if not torch.equal(before, after):
         fail(f"{where}: {fn_name} modified {what} in place; work on a copy (e.g. w_row.clone()) or use "
              "out-of-place operations")
@@ -69,6 +73,7 @@ def _unchanged(before: torch.Tensor, after: torch.Tensor, what: str, fn_name: st
 
 def _spd_problem(gen: torch.Generator, cols: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A layer Hessian of correlated, unevenly scaled inputs (dampened like SparseGPT's), its inverse, and the inputs."""
+    __tracebackhide__ = True
     mixing = torch.randn(cols, cols, generator=gen) / math.sqrt(cols) + torch.eye(cols)
     x = (torch.randn(tokens, cols, generator=gen) * torch.logspace(-0.5, 0.5, cols)) @ mixing
     x = x.double()
@@ -82,10 +87,12 @@ def _spd_problem(gen: torch.Generator, cols: int, tokens: int) -> tuple[torch.Te
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
     """Check ``layer_hessian(x)`` = ``2/n X^T X`` for ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``.
 
     Any floating dtype is accepted (float32 or float64)."""
+    __tracebackhide__ = True
     name = "layer_hessian"
     gen = generator(200 + seed)
     cases = [(50, 7), (3, 11, 5), (4, 6, 9), (2, 40, 6), (13, 13)]
@@ -98,7 +105,7 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
         where = f"with x of shape {tuple(shape)} ({n} tokens, {cols} inputs{', float64' if x.dtype == torch.float64 else ''})"
         x_in = x.clone()
         try:
-            result = call(fn, x_in, name=name)
+            result = call(fn, x_in, name=name, returns="H, an (in, in) floating-point tensor")
         except CheckFailed as error:
             if x.dim() == 3:
                 raise CheckFailed(f"{error}\n{where}: x can be 3-D (batch, seq, in): flatten batch and sequence "
@@ -141,6 +148,12 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
             diagnose(diagnoses, lambda factor: math.isclose(c, factor, rel_tol=1e-4), where)
             fail(f"{where}: your H is {c * n / 2:.4g} times the expected 2/n X^T X (n = {n} tokens): check the "
                  "scaling factor")
+        extra = result.detach().double() - reference.double()
+        off_diagonal = extra - torch.diag(extra.diagonal())
+        if float(extra.diagonal().min()) > 0 and float(off_diagonal.abs().max()) <= 1e-4 * float(reference.abs().max()):
+            fail(f"{where}: you added damping to H; layer_hessian returns 2/n X^T X alone\n{where}: your H is "
+                 f"2/n X^T X plus {fmt_values(extra.diagonal())} on the diagonal. SparseGPT dampens H^-1's input, lambda I with "
+                 "lambda = 1% of the mean diagonal, later, when it inverts H; the Hessian itself has no damping.")
         centered = xd - xd.mean(dim=0)
         if scale_factor(result, centered.t() @ centered) is not None:
             fail(f"{where}: you subtracted the mean of the inputs (a covariance). The Hessian of the reconstruction "
@@ -160,8 +173,10 @@ def check_layer_hessian(fn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
     """Check ``obs_remove_weight(w_row, h_inv, q)`` = ``w - (w_q / [H^-1]_qq) H^-1[:, q]`` with ``w'_q = 0``."""
+    __tracebackhide__ = True
     name = "obs_remove_weight"
     gen = generator(300 + seed)
     for cols, qs in ((6, (0, 5)), (9, (4,)), (16, (0, 7, 15))):
@@ -170,7 +185,7 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
         for q in qs:
             where = f"with {cols} weights and q = {q}"
             w_in, h_in = w.clone(), h_inv.clone()
-            result = call(fn, w_in, h_in, q, name=name)
+            result = call(fn, w_in, h_in, q, name=name, returns="the updated row, a tensor of shape (in,)")
             _unchanged(w, w_in, "w_row", name, where)
             _unchanged(h_inv, h_in, "h_inv", name, where)
             result = expect_tensor(result, (cols,), f"the updated row {where}")
@@ -199,6 +214,9 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
                  "invert it again"),
                 (wd - (wd[q] * d) * col,
                  "you multiply by [H^-1]_qq; divide: delta = -(w_q / [H^-1]_qq) * H^-1[:, q]"),
+                (wd - wd[q] * col,
+                 "you did not divide by [H^-1]_qq: delta = -(w_q / [H^-1]_qq) * H^-1[:, q]; only with that division "
+                 "does w'_q become exactly 0"),
                 (kept_q,
                  "you updated the other weights but left w_q in place: removing weight q means w'_q = 0 (the update "
                  "applied to the whole row, including entry q, gives w_q - w_q = 0)"),
@@ -219,8 +237,10 @@ def check_obs_remove_weight(fn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
     """Check ``obs_saliency(w, h_inv)`` = ``w^2 / [H^-1]_qq`` for a row ``(in,)`` and a matrix ``(out, in)``."""
+    __tracebackhide__ = True
     name = "obs_saliency"
     gen = generator(400 + seed)
     for shape in ((7,), (5, 12), (8, 8), (3, 33)):
@@ -230,7 +250,7 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
         where = f"with w of shape {tuple(shape)}"
         w_in, h_in = w.clone(), h_inv.clone()
         try:
-            result = call(fn, w_in, h_in, name=name)
+            result = call(fn, w_in, h_in, name=name, returns="the saliencies, a tensor of w's shape")
         except CheckFailed as error:
             if w.dim() == 2:
                 raise CheckFailed(f"{error}\n{where}: w may be a whole (out, in) matrix; broadcasting handles a row "
@@ -238,6 +258,10 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
             raise
         _unchanged(w, w_in, "w", name, where)
         _unchanged(h_inv, h_in, "h_inv", name, where)
+        if isinstance(result, torch.Tensor) and w.dim() == 2 and tuple(result.shape) == (cols,):
+            fail(f"{where}: you return one row's saliencies, shape ({cols},), for an (out, in) matrix\n"
+                 f"{where}: w may be a whole (out, in) matrix; w.pow(2) / torch.diagonal(h_inv) broadcasts over its "
+                 f"rows and returns shape {tuple(shape)}.")
         result = expect_tensor(result, shape, f"the saliencies {where}")
         reference = obs_saliency(w, h_inv)
         if close_to(result, reference):
@@ -280,12 +304,15 @@ def check_obs_saliency(fn: Callable, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@graded_check
 def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
     """Check ``relative_reconstruction_error(weight, new_weight, x)`` = ``||X W^T - X W'^T||_F / ||X W^T||_F``
     for ``x`` of shape ``(tokens, in)`` or ``(batch, seq, in)``."""
+    __tracebackhide__ = True
     name = "relative_reconstruction_error"
     gen = generator(500 + seed)
-    for x_shape, out_f in (((40, 10), 6), ((64, 8), 12), ((3, 9, 7), 5), ((30, 6), 6)):
+    # the square weight first: there x @ W (instead of x @ W^T) runs, and can be named
+    for x_shape, out_f in (((30, 6), 6), ((40, 10), 6), ((64, 8), 12), ((3, 9, 7), 5)):
         in_f = x_shape[-1]
         x = torch.randn(*x_shape, generator=gen) * torch.logspace(-1, 1, in_f)
         weight = torch.randn(out_f, in_f, generator=gen)
@@ -293,9 +320,21 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         new_weight = weight * keep + 0.1 * torch.randn(out_f, in_f, generator=gen) * keep  # pruned and updated
         where = f"with x of shape {tuple(x_shape)} and a {out_f}x{in_f} weight"
         args = (weight.clone(), new_weight.clone(), x.clone())
+        reference = relative_output_error(x, weight, new_weight)
+
+        def fail_if_in_03s_order() -> None:  # tried only once the answer is wrong: a right one runs once
+            __tracebackhide__ = True
+            if in_another_order(fn, (weight.clone(), new_weight.clone(), x.clone()), (2, 0, 1),
+                                lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
+                fail(f"{where}: your arguments are in notebook 03's order, (x, weight, pruned_weight)\n{where}: "
+                     f"{name} takes (weight, new_weight, x), in that order; your function computes the right value "
+                     "when given x first.")
+
         try:
-            result = call(fn, *args, name=name)
+            result = call(fn, *args, name=name, returns="one number, a float (or a 0-d tensor)")
         except CheckFailed as error:
+            if "not implemented" not in str(error):
+                fail_if_in_03s_order()
             if x.dim() == 3:
                 raise CheckFailed(f"{error}\n{where}: x can be 3-D (batch, seq, in); x @ weight.T works for any "
                                   "number of leading dimensions, or flatten with x.reshape(-1, x.shape[-1])") from None
@@ -303,9 +342,9 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
         for before, after, what in zip((weight, new_weight, x), args, ("weight", "new_weight", "x")):
             _unchanged(before, after, what, name, where)
         result = expect_number(result, f"{where}: {name}")
-        reference = relative_output_error(x, weight, new_weight)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
+        fail_if_in_03s_order()
         xd = x.reshape(-1, in_f).double()
         wd, nd = weight.double(), new_weight.double()
         dense, sparse = xd @ wd.t(), xd @ nd.t()
@@ -322,6 +361,11 @@ def check_relative_reconstruction_error(fn: Callable, seed: int = 0) -> None:
             (float((dense - sparse).norm() / sparse.norm()),
              "you divide by the norm of the PRUNED output ||XW'^T||; divide by the dense output ||XW^T||"),
         ]
+        if x.dim() == 3:
+            first, first_pruned = x[0].double() @ wd.t(), x[0].double() @ nd.t()
+            variants.append((float((first - first_pruned).norm() / first.norm()),
+                             "you used only the FIRST sequence of a 3-D x: flatten batch and sequence, "
+                             "x.reshape(-1, x.shape[-1]), or let x @ W^T broadcast over both"))
         if out_f == in_f:
             variants.append((float((xd @ wd - xd @ nd).norm() / (xd @ wd).norm()),
                              "you multiplied x @ W; a linear layer computes x @ W^T (W is (out, in))"))

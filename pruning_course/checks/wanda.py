@@ -31,7 +31,8 @@ from . import (
     fail,
     fmt_values,
     generator,
-    keeps_rng,
+    graded_check,
+    in_another_order,
     passed,
     scale_factor,
 )
@@ -52,11 +53,13 @@ __all__ = [
 
 def _positive_factor(value: torch.Tensor, reference: torch.Tensor) -> float | None:
     """The factor ``c > 0`` with ``value == c * reference``, or ``None``."""
+    __tracebackhide__ = True
     c = scale_factor(value, reference)
     return c if c is not None and c > 0 else None
 
 
 def _same_scores(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> bool:
+    __tracebackhide__ = True
     value = value.detach()
     if value.shape != reference.shape:
         return False
@@ -64,6 +67,7 @@ def _same_scores(value: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-
 
 
 def _hook_count(module: nn.Module) -> int:
+    __tracebackhide__ = True
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
@@ -74,6 +78,7 @@ def _hook_count(module: nn.Module) -> int:
 
 def _stat(tensors: Sequence[torch.Tensor], in_features: int) -> torch.Tensor:
     """The package's statistic (mean over all tokens of x_j^2) over a list of input tensors."""
+    __tracebackhide__ = True
     stat = SquaredInputNorm(nn.Linear(in_features, 1, bias=False))
     for x in tensors:
         stat.add(x.detach())
@@ -82,6 +87,7 @@ def _stat(tensors: Sequence[torch.Tensor], in_features: int) -> torch.Tensor:
 
 def _diagnose_norm_stat(result: torch.Tensor, inputs: list[torch.Tensor], outputs: list[torch.Tensor], where: str) -> None:
     """Fail with the mistake that ``result`` matches, or with a precise generic message."""
+    __tracebackhide__ = True
     in_features = inputs[0].shape[-1]
     reference = _stat(inputs, in_features)
     flat = [x.detach().reshape(-1, in_features).double() for x in inputs]
@@ -120,6 +126,7 @@ def _diagnose_norm_stat(result: torch.Tensor, inputs: list[torch.Tensor], output
 
 
 def _check_norm_result(result, inputs, outputs, out_features: int, where: str) -> float:
+    __tracebackhide__ = True
     in_features = inputs[0].shape[-1]
     if not isinstance(result, torch.Tensor):
         fail(f"{where}: collect_act_sq_norms should return a torch.Tensor with one value per input feature "
@@ -155,9 +162,11 @@ class RecordingHook:
     in another process (:mod:`pruning_course.grading.remote`)."""
 
     def __init__(self):
+        __tracebackhide__ = True
         self.inputs, self.outputs = [], []
 
     def __call__(self, _module, args, output):
+        __tracebackhide__ = True
         self.inputs.append(args[0].detach().clone())
         self.outputs.append(output.detach().clone())
 
@@ -165,6 +174,7 @@ class RecordingHook:
 def _observed_calls(layer: nn.Module, model: nn.Module, batches, collect) -> tuple[Any, int]:
     """Run the learner's ``collect(layer, model, batches)`` with a recording hook on ``layer``;
     return its result and how many times the layer ran during the call."""
+    __tracebackhide__ = True
     probe = layer.register_forward_hook(RecordingHook())
     try:
         result = collect(layer, model, batches)
@@ -176,6 +186,7 @@ def _observed_calls(layer: nn.Module, model: nn.Module, batches, collect) -> tup
 
 def _reference_io(layer: nn.Module, model: nn.Module, batches) -> tuple[list, list]:
     """The layer's inputs and outputs over ``batches``, recorded here by the check itself."""
+    __tracebackhide__ = True
     recorder = RecordingHook()
     handle = layer.register_forward_hook(recorder)
     try:
@@ -187,7 +198,7 @@ def _reference_io(layer: nn.Module, model: nn.Module, batches) -> tuple[list, li
     return recorder.inputs, recorder.outputs
 
 
-@keeps_rng
+@graded_check
 def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     """Check ``collect_act_sq_norms(linear, model, batches)``.
 
@@ -197,6 +208,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     sum divided by the token count (``SquaredInputNorm``); any positive constant multiple is
     accepted, since a constant factor changes no ranking within a row.
     """
+    __tracebackhide__ = True
     name = "collect_act_sq_norms"
     factors = []
 
@@ -210,7 +222,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     batches = [torch.randn(b, 3, in_features, generator=gen) * scales for b in (2, 3, 1)]
     hooks_before = _hook_count(linear)
     weight_before = linear.weight.detach().clone()
-    result, runs = _observed_calls(linear, linear, batches, lambda *a: call(collect_act_sq_norms, *a, name=name))
+    result, runs = _observed_calls(linear, linear, batches, lambda *a: call(collect_act_sq_norms, *a, name=name, returns="a (in_features,) tensor, one value per input feature"))
     if _hook_count(linear) != hooks_before:
         fail("your function left a hook registered on the layer: keep the handle that register_forward_hook returns "
              "and call handle.remove() when the batches are done (in a `finally:` block, so it goes even on errors)")
@@ -231,7 +243,7 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
     for block, layer_name in ((1, "self_attn.o_proj"), (0, "mlp.down_proj")):
         layer = model.get_submodule(f"model.layers.{block}.{layer_name}")
         hooks_before = _hook_count(model)
-        result, runs = _observed_calls(layer, model, batches, lambda *a: call(collect_act_sq_norms, *a, name=name))
+        result, runs = _observed_calls(layer, model, batches, lambda *a: call(collect_act_sq_norms, *a, name=name, returns="a (in_features,) tensor, one value per input feature"))
         if _hook_count(model) != hooks_before:
             fail(f"after your function, model.layers.{block}.{layer_name} (or another module) still has a hook "
                  "registered: call handle.remove() when the batches are done (in a `finally:` block)")
@@ -255,9 +267,10 @@ def check_activation_norm_hook(collect_act_sq_norms: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_wanda_scores(wanda_scores: Callable) -> None:
     """Check ``wanda_scores(weight, act_sq_norm) == |W| * sqrt(act_sq_norm)`` (broadcast over rows)."""
+    __tracebackhide__ = True
     name = "wanda_scores"
     cases = []
     gen = generator(32)
@@ -270,7 +283,7 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
         shape = tuple(weight.shape)
         w_in, a_in = weight.clone(), act.clone()
         try:
-            result = call(wanda_scores, w_in, a_in, name=name)
+            result = call(wanda_scores, w_in, a_in, name=name, returns=f"the scores, a tensor of shape {shape}")
         except CheckFailed as error:
             if "size of tensor" in str(error) or "shape" in str(error):
                 raise CheckFailed(f"{error}\nOn a {shape[0]}x{shape[1]} weight: act_sq_norm has one entry per INPUT "
@@ -294,6 +307,10 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
                              "same, but the score of Eq. 1 is |W_ij| * sqrt(act_sq_norm_j)"),
             (weight**2 * sq.sqrt(), "you use W^2 where the score has |W|: |W_ij| * sqrt(act_sq_norm_j)"),
             (weight.abs() * sq.sqrt() ** 0.5, "you take the square root twice"),
+            (weight.abs().expand_as(weight), "your scores are |W| alone: you forgot the activations. Wanda's score "
+             "is |W_ij| * sqrt(act_sq_norm_j), the weight times its input's norm"),
+            (sq.sqrt().expand_as(weight), "your scores are the activation norms alone: multiply by |W_ij|"),
+            (weight.abs() / sq.sqrt(), "you divide by the norm; Wanda multiplies: |W_ij| * sqrt(act_sq_norm_j)"),
         ]
         if shape[0] == shape[1]:
             variants.append((weight.abs() * act.sqrt().unsqueeze(1),
@@ -318,28 +335,46 @@ def check_wanda_scores(wanda_scores: Callable) -> None:
 
 
 def _wanda_mask_cases():
+    __tracebackhide__ = True
     gen = generator(33)
     cases = []
-    for (rows, cols), sparsity in (((8, 16), 0.5), ((6, 10), 0.3), ((7, 13), 0.5), ((5, 20), 0.75), ((4, 7), 0.6)):
+    # (4, 7) at 0.1: floor(7 * 0.1) = 0, nothing to remove ("handle k = 0")
+    for (rows, cols), sparsity in (((8, 16), 0.5), ((6, 10), 0.3), ((7, 13), 0.5), ((5, 20), 0.75), ((4, 7), 0.6),
+                                   ((4, 7), 0.1)):
         row_scale = torch.logspace(-1, 1, rows)[torch.randperm(rows, generator=gen)].unsqueeze(1)
         scores = torch.rand(rows, cols, generator=gen) * row_scale  # rows of very different scale
         cases.append((scores, sparsity))
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_wanda_mask(wanda_mask: Callable) -> None:
     """Check ``wanda_mask(scores, sparsity)``: a keep-mask removing the ``floor(in * sparsity)`` lowest
     scores of every output row (``pruning_course.masks.per_row_mask``)."""
+    __tracebackhide__ = True
     name = "wanda_mask"
     for scores, sparsity in _wanda_mask_cases():
         rows, cols = scores.shape
         k = num_to_prune(cols, sparsity)
         where = f"on {rows}x{cols} scores at sparsity {sparsity}"
         s_in = scores.clone()
-        mask = call(wanda_mask, s_in, sparsity, name=name)
+        try:
+            mask = call(wanda_mask, s_in, sparsity, name=name,
+                        returns=f"a torch.bool keep-mask of shape {(rows, cols)} (True = keep)")
+        except CheckFailed as error:
+            if k == 0 and "not implemented" not in str(error):
+                raise CheckFailed(f"k = 0 is not handled: at sparsity {sparsity} a row of {cols} loses nothing\n"
+                                  f"{where}: floor({cols} * {sparsity}) = 0 weights per row to remove, and your "
+                                  "function crashed; return an all-True mask when k == 0 (torch.kthvalue refuses "
+                                  f"k = 0).\n{error}") from None
+            raise
         if not torch.equal(s_in, scores):
             fail(f"{where}: wanda_mask modified the scores in place; use out-of-place operations")
+        mask = expect_tensor(mask, (rows, cols), f"the mask {where}")
+        if mask.dtype != torch.bool and bool(((mask == 0) | (mask == 1)).all()):
+            fail(f"the mask has dtype {mask.dtype}: return a boolean keep-mask (torch.bool)\n{where}: the exercise "
+                 "asks for a torch.bool keep-mask, True = keep: build it with a comparison (scores > threshold) "
+                 "or torch.ones_like(scores, dtype=torch.bool), not a float 0/1 tensor.")
         mask = expect_keep_mask(mask, (rows, cols), f"the mask {where}").detach()
         reference = per_row_mask(scores, sparsity)
         if torch.equal(mask, reference):
@@ -397,6 +432,7 @@ def check_wanda_mask(wanda_mask: Callable) -> None:
 
 
 def _lowest_removed(scores: torch.Tensor, r: int) -> torch.Tensor:
+    __tracebackhide__ = True
     mask = torch.ones_like(scores, dtype=torch.bool)
     if r:
         mask.scatter_(1, torch.topk(scores, r, dim=1, largest=False).indices, False)
@@ -408,9 +444,10 @@ def _lowest_removed(scores: torch.Tensor, r: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_relative_output_error(fn: Callable) -> None:
     """Check ``relative_output_error(x, weight, pruned_weight)`` = ``||X W^T - X W'^T||_F / ||X W^T||_F``."""
+    __tracebackhide__ = True
     name = "relative_output_error"
     gen = generator(34)
     for tokens, out_f, in_f in ((40, 6, 10), (64, 12, 8), (33, 5, 5)):
@@ -418,17 +455,33 @@ def check_relative_output_error(fn: Callable) -> None:
         weight = torch.randn(out_f, in_f, generator=gen)
         pruned = weight * per_row_mask(weight.abs(), 0.5)
         where = f"with x of shape ({tokens}, {in_f}) and a {out_f}x{in_f} weight"
-        result = call(fn, x.clone(), weight.clone(), pruned.clone(), name=name)
+        reference = relative_output_error(x, weight, pruned)
+
+        def fail_if_in_02s_order() -> None:  # tried only once the answer is wrong: a right one runs once
+            __tracebackhide__ = True
+            if in_another_order(fn, (x.clone(), weight.clone(), pruned.clone()), (1, 2, 0),
+                                lambda value: math.isclose(float(value), reference, rel_tol=1e-4)):
+                fail(f"{where}: your arguments are in notebook 02's order, (weight, new_weight, x)\n{where}: "
+                     f"{name} takes (x, weight, pruned_weight), in that order; your function computes the right "
+                     "value when given the weights first.")
+
+        try:
+            result = call(fn, x.clone(), weight.clone(), pruned.clone(), name=name, returns="a Python float")
+        except CheckFailed as error:
+            if "not implemented" not in str(error):
+                fail_if_in_02s_order()
+            raise
         if isinstance(result, torch.Tensor):
             if result.numel() != 1:
-                fail(f"{where}: return one number (a float or a 0-d tensor), got a tensor of shape {tuple(result.shape)}")
-            result = float(result.detach())
-        if not isinstance(result, (int, float)):
+                fail(f"{where}: return one number (a Python float), got a tensor of shape {tuple(result.shape)}")
+            fail(f"return a Python float, not a tensor: float(value) or value.item()\n{where}: {name} returned "
+                 f"a 0-d tensor ({float(result.detach()):.6g}); the exercise asks for a Python float.")
+        if isinstance(result, bool) or not isinstance(result, (int, float)):
             fail(f"{where}: return a float, got {type(result).__name__}")
         result = float(result)
-        reference = relative_output_error(x, weight, pruned)
         if math.isclose(result, reference, rel_tol=1e-4):
             continue
+        fail_if_in_02s_order()
         xd, wd, pd = x.double(), weight.double(), pruned.double()
         dense, sparse = xd @ wd.t(), xd @ pd.t()
         variants = [
@@ -457,11 +510,12 @@ def check_relative_output_error(fn: Callable) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@keeps_rng
+@graded_check
 def check_nm_mask(nm_mask: Callable) -> None:
     """Check ``nm_mask(scores, n, m)``: keep the ``n`` highest of every group of ``m`` consecutive
     scores along the input dimension (``pruning_course.masks.nm_mask``); a width that is not a
     multiple of ``m`` raises ``ValueError``."""
+    __tracebackhide__ = True
     name = "nm_mask"
     gen = generator(35)
     cases = [((8, 16), 2, 4), ((12, 8), 2, 4), ((6, 12), 1, 4), ((5, 16), 4, 8), ((8, 24), 2, 8), ((3, 12), 1, 3)]
@@ -470,7 +524,7 @@ def check_nm_mask(nm_mask: Callable) -> None:
         where = f"on {rows}x{cols} scores with {n}:{m}"
         s_in = scores.clone()
         try:
-            mask = call(nm_mask, s_in, n, m, name=name)
+            mask = call(nm_mask, s_in, n, m, name=name, returns="a torch.bool keep-mask of the scores' shape")
         except CheckFailed as error:
             if "out of range" in str(error) or "selected index k" in str(error):
                 raise CheckFailed(f"{error}\n{where}: topk(k) needs k <= the group size. Groups have M = {m} "

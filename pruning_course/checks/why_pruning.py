@@ -25,7 +25,7 @@ from pruning_course.inventory import PARAMETER_ROLES, parameter_counts
 from pruning_course.masks import num_to_prune, per_matrix_mask, per_row_mask
 from pruning_course.unstructured import magnitude_mask
 
-from . import call, expect_tensor, fail, generator, passed
+from . import CheckFailed, call, expect_tensor, fail, generator, graded_check, passed
 
 __all__ = [
     "check_count_parameters",
@@ -45,6 +45,7 @@ _TOKENIZER = None
 
 
 def _tokenizer():
+    __tracebackhide__ = True
     global _TOKENIZER
     if _TOKENIZER is None:
         _TOKENIZER = tiny_tokenizer()
@@ -52,20 +53,24 @@ def _tokenizer():
 
 
 def _tiny(family: str, seed: int = 0) -> nn.Module:
+    __tracebackhide__ = True
     model, _ = tiny_model(family, seed=seed, tokenizer=_tokenizer())
     return model
 
 
 def _untied_llama(seed: int = 0) -> nn.Module:
     """A tiny Llama whose ``lm_head`` is its own matrix (``tie_word_embeddings=False``)."""
+    __tracebackhide__ = True
     return tiny_random_model("llama", seed=seed, vocab_size=len(_tokenizer()), tie_word_embeddings=False)
 
 
 def _label(family: str) -> str:
+    __tracebackhide__ = True
     return f"tiny-{family}"
 
 
 def _is_tied(model: nn.Module, adapter) -> bool:
+    __tracebackhide__ = True
     head = adapter.head(model)
     embedding_ids = {id(p) for m in adapter.embeddings(model) for p in m.parameters()}
     return head is not None and any(id(p) in embedding_ids for p in head.parameters())
@@ -77,6 +82,7 @@ def _is_tied(model: nn.Module, adapter) -> bool:
 
 
 def _as_count(value, key: str, label: str) -> int:
+    __tracebackhide__ = True
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             fail(f"on {label}, counts['{key}'] should be one number, got a tensor of shape {tuple(value.shape)}")
@@ -89,6 +95,7 @@ def _as_count(value, key: str, label: str) -> int:
 
 
 def _count_facts(model: nn.Module, adapter) -> dict:
+    __tracebackhide__ = True
     head = adapter.head(model)
     embeddings = adapter.embeddings(model)
     linears = adapter.named_linears(model).values()
@@ -104,6 +111,7 @@ def _count_facts(model: nn.Module, adapter) -> dict:
 
 def _explain_count(key: str, got: int, expected: int, facts: dict, label: str) -> str:
     """The likely mistake behind ``counts[key] == got`` when ``expected`` was right ('' if none fits)."""
+    __tracebackhide__ = True
     head = facts["head"]
     tie = (f"in {label} lm_head is tied to the token embedding (model.lm_head.weight is the embedding's "
            "weight): one tensor, to be counted once, as embeddings")
@@ -140,14 +148,16 @@ def _explain_count(key: str, got: int, expected: int, facts: dict, label: str) -
     return ""
 
 
+@graded_check
 def check_count_parameters(count_parameters) -> None:
     """``count_parameters(model, adapter)`` must return :func:`~pruning_course.inventory.parameter_counts`."""
+    __tracebackhide__ = True
     cases = [(_label(f), _tiny(f)) for f in TINY_FAMILIES]
     cases.append(("tiny-llama-untied", _untied_llama()))
     for label, model in cases:
         adapter = adapter_for(model)
         expected = parameter_counts(model, adapter)
-        got = call(count_parameters, model, adapter, name="count_parameters")
+        got = call(count_parameters, model, adapter, name="count_parameters", returns="a dict with the keys embeddings, lm_head, prunable_linears, other, total")
         if not isinstance(got, Mapping):
             fail(f"count_parameters should return a dict with keys {list(PARAMETER_ROLES)}, got {type(got).__name__}")
         missing = [k for k in PARAMETER_ROLES if k not in got]
@@ -178,11 +188,14 @@ def check_count_parameters(count_parameters) -> None:
 
 # (rows, cols, sparsity): odd and non-square shapes; several where numel * sparsity is not whole,
 # so that round() / ceil() differ from the floor the target uses.
-MASK_CASES = [(16, 16, 0.3), (7, 13, 0.5), (32, 10, 0.77), (10, 32, 0.9), (48, 64, 0.5), (5, 9, 0.1), (9, 20, 0.25)]
+# (3, 5, 0.05): floor(15 * 0.05) = 0, nothing to remove ("handle k = 0": torch.kthvalue refuses k = 0).
+MASK_CASES = [(16, 16, 0.3), (7, 13, 0.5), (32, 10, 0.77), (10, 32, 0.9), (48, 64, 0.5), (5, 9, 0.1), (9, 20, 0.25),
+              (3, 5, 0.05)]
 
 
 def _test_weight(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
     """Mixed signs, rows and columns on different scales (so per-row, per-column and per-matrix differ)."""
+    __tracebackhide__ = True
     base = torch.randn(rows, cols, generator=gen)
     row_scale = torch.exp(0.8 * torch.randn(rows, 1, generator=gen))
     col_scale = torch.exp(0.8 * torch.randn(1, cols, generator=gen))
@@ -191,6 +204,7 @@ def _test_weight(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 def _ordered(weight: torch.Tensor, keep: torch.Tensor) -> bool:
     """True when every removed |w| is at most every kept |w| (the mask is a threshold on |w|)."""
+    __tracebackhide__ = True
     magnitudes = weight.abs()
     if keep.all() or (~keep).all():
         return True
@@ -198,12 +212,14 @@ def _ordered(weight: torch.Tensor, keep: torch.Tensor) -> bool:
 
 
 def _first_mask_difference(got: torch.Tensor, expected: torch.Tensor, weight: torch.Tensor) -> str:
+    __tracebackhide__ = True
     index = tuple(int(i) for i in (got != expected).nonzero()[0])
     return (f"first difference at {list(index)}: w = {weight[index].item():.4g}, your mask says "
             f"{bool(got[index])}, expected {bool(expected[index])}")
 
 
 def _diagnose_mask(got: torch.Tensor, weight: torch.Tensor, sparsity: float, what: str) -> str:
+    __tracebackhide__ = True
     numel = weight.numel()
     k = num_to_prune(numel, sparsity)
     expected = magnitude_mask(weight, sparsity)
@@ -227,7 +243,8 @@ def _diagnose_mask(got: torch.Tensor, weight: torch.Tensor, sparsity: float, wha
             return f"{what}: {message}"
     fraction = f"{removed}/{numel} = {100 * removed / numel:.1f}%"
     if _ordered(weight, got):
-        if removed == numel - k and abs(numel - 2 * k) > 1:
+        one_minus = {numel - k, int(numel * (1 - sparsity)), round(numel * (1 - sparsity))}
+        if removed in one_minus and abs(removed - k) > 1:
             return (f"{what} removes {fraction} of the weights, i.e. 1 - sparsity: sparsity is the fraction "
                     f"REMOVED; remove floor(numel * sparsity) = {k} weights")
         if removed == k + 1:
@@ -250,15 +267,27 @@ def _diagnose_mask(got: torch.Tensor, weight: torch.Tensor, sparsity: float, wha
             "the smallest |w|; " + _first_mask_difference(got, expected, weight))
 
 
+@graded_check
 def check_magnitude_mask(magnitude_mask_fn, seed: int = 0, cases=None) -> None:
     """``magnitude_mask(weight, sparsity)`` must return the per-matrix keep-mask of the reference."""
+    __tracebackhide__ = True
     gen = generator(seed)
     cases = cases or MASK_CASES
     for rows, cols, sparsity in cases:
         weight = _test_weight(rows, cols, gen)
         original = weight.clone()
         what = f"your mask for a {rows}x{cols} weight at sparsity {sparsity}"
-        got = call(magnitude_mask_fn, weight, sparsity, name="magnitude_mask")
+        k = num_to_prune(rows * cols, sparsity)
+        try:
+            got = call(magnitude_mask_fn, weight, sparsity, name="magnitude_mask",
+                       returns=f"a torch.bool keep-mask of shape {(rows, cols)} (True = keep)")
+        except CheckFailed as error:
+            if k == 0 and "not implemented" not in str(error):
+                raise CheckFailed(f"k = 0 is not handled: at sparsity {sparsity} nothing is removed\n"
+                                  f"{what}: floor({rows * cols} * {sparsity}) = 0 weights to remove, and your "
+                                  f"function crashed; return an all-True mask when k == 0 (torch.kthvalue and "
+                                  f"topk refuse or misbehave at k = 0).\n{error}") from None
+            raise
         if not torch.equal(weight, original):
             fail("magnitude_mask changed the weight it was given (an in-place op such as abs_(), masked_fill_() "
                  "or `weight[...] = 0`): it must only compute the mask and leave the weight alone")
@@ -295,11 +324,13 @@ def check_magnitude_mask(magnitude_mask_fn, seed: int = 0, cases=None) -> None:
 
 
 def _module_names(model: nn.Module) -> dict[int, str]:
+    __tracebackhide__ = True
     return {id(m): name for name, m in model.named_modules()}
 
 
 def _resolve_pairs(pairs, model: nn.Module, label: str, fn_name: str) -> list[str]:
     """Names of the modules in the learner's ``(module, "weight")`` pairs, checking the pairs' form."""
+    __tracebackhide__ = True
     if isinstance(pairs, (str, bytes, Mapping)) or not hasattr(pairs, "__iter__"):
         fail(f"{fn_name} should return a list of (module, 'weight') pairs, got {type(pairs).__name__}")
     pairs = list(pairs)
@@ -326,12 +357,14 @@ def _resolve_pairs(pairs, model: nn.Module, label: str, fn_name: str) -> list[st
     return resolved
 
 
+@graded_check
 def check_prunable_linears(prunable_linears_fn) -> None:
     """``prunable_linears(model)``: ``(module, "weight")`` for every block linear of each tiny family."""
+    __tracebackhide__ = True
     for family in TINY_FAMILIES:
         model, label = _tiny(family), _label(family)
         adapter = adapter_for(model)
-        got = _resolve_pairs(call(prunable_linears_fn, model, name="prunable_linears"), model, label,
+        got = _resolve_pairs(call(prunable_linears_fn, model, name="prunable_linears", returns="a list of (module, 'weight') pairs"), model, label,
                              "prunable_linears")
         expected = list(adapter.named_linears(model))
         duplicates = sorted({n for n in got if got.count(n) > 1})
@@ -368,6 +401,7 @@ def check_prunable_linears(prunable_linears_fn) -> None:
 
 
 def _leftover_prune_state(model: nn.Module) -> list[str]:
+    __tracebackhide__ = True
     found = [n for n, _ in model.named_parameters() if n.endswith("_orig")]
     found += [n for n, _ in model.named_buffers() if n.endswith("_mask")]
     for name, module in model.named_modules():
@@ -378,6 +412,7 @@ def _leftover_prune_state(model: nn.Module) -> list[str]:
 
 def _fail_if_structured(where: str, name: str, kept: torch.Tensor) -> None:
     """Fail when whole output rows or input columns of the ``(out, in)`` keep-mask are pruned."""
+    __tracebackhide__ = True
     rows, cols = int((~kept).all(dim=1).sum()), int((~kept).all(dim=0).sum())
     if rows > 1 or cols > 1:
         what = f"{rows} whole output rows" if rows > 1 else f"{cols} whole input columns"
@@ -385,9 +420,31 @@ def _fail_if_structured(where: str, name: str, kept: torch.Tensor) -> None:
              "l1_unstructured, which removes single weights wherever they are smallest")
 
 
+def _fail_if_misaligned(where: str, name: str, module: nn.Module, old_w: torch.Tensor, kept: torch.Tensor,
+                        sparsity: float) -> None:
+    """Fail when the ``(out, in)`` keep-mask ``kept`` is the per-matrix mask laid out for the other
+    orientation (GPT-2's ``Conv1D``), or one threshold per row / per column."""
+    __tracebackhide__ = True
+    reference = magnitude_mask(old_w, sparsity)
+    if stores_transposed(module) and (
+            (reference.shape[0] == reference.shape[1] and torch.equal(kept, reference.t()))
+            or torch.equal(kept, reference.reshape(old_w.shape[1], old_w.shape[0]).t())):
+        fail(f"{where}, {name}: your mask is laid out for (out, in), but {SHORT} stores (in, out)\n"
+             f"{where}, {name}: GPT-2's {SHORT} stores its weight transposed, (in, out); a mask "
+             "computed on the (out, in) matrix must be transposed (mask.T) before it is applied, not "
+             "reshaped or applied as it is")
+    for dim, what in ((1, "output row"), (0, "input column")):
+        per_dim = per_row_mask(old_w.abs(), sparsity) if dim == 1 else per_row_mask(old_w.abs().t(), sparsity).t()
+        if torch.equal(kept, per_dim):
+            fail(f"{where}, {name}: one threshold per {what}; prune the whole matrix at once\n"
+                 f"{where}, {name}: every {what} lost the same share of its weights. l1_unstructured "
+                 "ranks all weights of the matrix together (one threshold per matrix)")
+
+
 @torch.no_grad()
 def _with_random_vectors(model: nn.Module, seed: int) -> nn.Module:
     """Give biases and norm scales random values (a fresh model has zeros and ones) so edits show."""
+    __tracebackhide__ = True
     gen = generator(seed)
     for parameter in model.parameters():
         if parameter.dim() == 1:
@@ -395,13 +452,17 @@ def _with_random_vectors(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+@graded_check
 def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -> None:
     """``magnitude_prune_model(model, sparsity)`` prunes every block linear per matrix, in place."""
-    for family, sparsity in itertools.product(TINY_FAMILIES, sparsities):
-        model, label = _with_random_vectors(_tiny(family, seed=1), seed=2), _label(family)
+    __tracebackhide__ = True
+    # the untied Llama first: there embed_tokens and lm_head are two tensors, so a change tells which one
+    for family, sparsity in itertools.product(("llama-untied",) + tuple(TINY_FAMILIES), sparsities):
+        tiny = _untied_llama(seed=1) if family == "llama-untied" else _tiny(family, seed=1)
+        model, label = _with_random_vectors(tiny, seed=2), _label(family)
         adapter = adapter_for(model)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        call(magnitude_prune_model, model, sparsity, name="magnitude_prune_model")
+        call(magnitude_prune_model, model, sparsity, name="magnitude_prune_model", returns="the model, pruned in place")
         where = f"on {label} at sparsity {sparsity}"
         leftovers = _leftover_prune_state(model)
         if leftovers:
@@ -418,11 +479,17 @@ def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -
         for name, parameter in after.items():
             if name in linear_weights or torch.equal(parameter.detach(), before[name]):
                 continue
+            head = adapter.head(model)
             if id(parameter) in embedding_ids:
-                tied = _is_tied(model, adapter)
-                fail(f"{where}, the embedding '{name}' changed"
-                     + (": you pruned lm_head, which is tied to the token embeddings (the same tensor), so the "
-                        "embeddings lost weights too. Leave lm_head out" if tied else ": embeddings stay dense"))
+                if _is_tied(model, adapter):
+                    fail(f"{where}, the token embedding changed: you pruned lm_head or embed_tokens\n{where}, "
+                         f"'{name}' changed: in this model lm_head is tied to the token embeddings (one tensor), "
+                         "so pruning either prunes both. Prune only the linears inside the decoder blocks.")
+                fail(f"{where}, the embedding '{name}' changed: you pruned an embedding; embeddings stay dense "
+                     "(prune only the linears inside the decoder blocks)")
+            if head is not None and any(parameter is p for p in head.parameters()):
+                fail(f"{where}, '{name}' changed: you pruned lm_head; it is outside the decoder blocks and stays "
+                     "dense")
             if parameter.dim() == 1:
                 fail(f"{where}, '{name}' changed: only the weight matrices of the block linears are pruned "
                      "(biases and norms stay)")
@@ -459,11 +526,13 @@ def check_magnitude_pruned_model(magnitude_prune_model, sparsities=(0.5, 0.3)) -
                 fail(f"{where}, {name} has sparsity {zeros / numel:.3f}: you removed 1 - sparsity; "
                      "amount= is the fraction to REMOVE")
             _fail_if_structured(where, name, kept)
+            _fail_if_misaligned(where, name, module, old_w, kept, sparsity)
             fail(f"{where}, {name} has {zeros} of {numel} weights zero (sparsity {zeros / numel:.3f}); expected "
                  f"floor({numel} * {sparsity}) = {k} (±1 for torch's rounding)")
         for name, module, zeros, numel, old_w, kept in layer_report:
             if not _ordered(old_w, kept):
                 _fail_if_structured(where, name, kept)
+                _fail_if_misaligned(where, name, module, old_w, kept, sparsity)
                 fail(f"{where}, {name}: a weight with |w| = {old_w.abs()[~kept].max().item():.4g} was removed while "
                      f"|w| = {old_w.abs()[kept].min().item():.4g} was kept; l1_unstructured removes the smallest "
                      "magnitudes (random_unstructured does not)")

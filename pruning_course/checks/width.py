@@ -38,7 +38,7 @@ from . import (
     fail,
     fmt_values,
     generator,
-    keeps_rng,
+    graded_check,
     passed,
     scale_factor,
 )
@@ -48,6 +48,7 @@ __all__ = ["check_wanda_sp_scores", "check_slice_mlp", "reference_wanda_sp_score
 
 def reference_wanda_sp_scores(down_weight: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """The package's Wanda-sp score of every neuron from the down projection's inputs ``(..., intermediate)``."""
+    __tracebackhide__ = True
     moments = ActivationMoments(nn.Linear(down_weight.shape[1], 1, bias=False))
     moments.add(activations.detach())
     return neuron_scores(down_weight, moments.mean_sq, metric="wanda_sp")
@@ -59,6 +60,7 @@ def reference_wanda_sp_scores(down_weight: torch.Tensor, activations: torch.Tens
 
 
 def _score_cases(seed: int):
+    __tracebackhide__ = True
     gen = generator(80 + seed)
     cases = []
     for out_features, in_features, act_shape in ((6, 10, (2, 5)), (7, 7, (3, 4)), (12, 5, (9,)), (4, 16, (2, 3))):
@@ -69,7 +71,7 @@ def _score_cases(seed: int):
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
     """Check ``wanda_sp_scores(down_weight, activations)``.
 
@@ -77,6 +79,7 @@ def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
     ``(..., intermediate)``, the inputs of the down projection. Returns ``(intermediate,)``:
     ``mean_i |W[i, j]| * sqrt(mean over tokens of a_j^2)``.
     """
+    __tracebackhide__ = True
     name = "wanda_sp_scores"
     for weight, activations in _score_cases(seed):
         out_features, in_features = weight.shape
@@ -84,7 +87,7 @@ def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
         where = f"with a ({out_features}, {in_features}) down_proj weight and activations of shape {tuple(activations.shape)}"
         w_in, a_in = weight.clone(), activations.clone()
         try:
-            result = call(wanda_sp_scores, w_in, a_in, name=name)
+            result = call(wanda_sp_scores, w_in, a_in, name=name, returns="one score per intermediate neuron, a tensor of shape (intermediate,)")
         except CheckFailed as error:
             if "size of tensor" in str(error) or "must match" in str(error):
                 raise CheckFailed(f"{error}\n{where}: neuron j is COLUMN j of the (hidden, intermediate) down_proj "
@@ -145,12 +148,14 @@ def check_wanda_sp_scores(wanda_sp_scores: Callable, seed: int = 0) -> None:
 
 
 def _tiny_llama_mlp(hidden: int, intermediate: int, seed: int) -> nn.Module:
+    __tracebackhide__ = True
     return tiny_random_model("llama", seed=seed, vocab_size=32, hidden_size=hidden, intermediate_size=intermediate,
                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=2,
                              max_position_embeddings=64)
 
 
 def _package_width_slices(gate, up, down, keep, seed):
+    __tracebackhide__ = True
     model = _tiny_llama_mlp(gate.shape[1], gate.shape[0], seed)
     adapter = adapter_for(model)
     mlp = adapter.blocks(model)[0].mlp
@@ -163,10 +168,12 @@ def _package_width_slices(gate, up, down, keep, seed):
 
 
 def _mlp(x, gate, up, down):
+    __tracebackhide__ = True
     return (F.silu(x @ gate.t()) * (x @ up.t())) @ down.t()
 
 
 def _width_slice_cases(seed: int):
+    __tracebackhide__ = True
     gen = generator(90 + seed)
     cases = []
     for hidden, intermediate, kept in ((12, 8, 5), (6, 10, 4), (8, 16, 8), (10, 7, 6)):
@@ -177,7 +184,7 @@ def _width_slice_cases(seed: int):
     return cases
 
 
-@keeps_rng
+@graded_check
 def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
     """Check ``slice_mlp(gate_weight, up_weight, down_weight, keep)``.
 
@@ -186,6 +193,7 @@ def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
     kept neurons' rows of gate and up and columns of down, in the neurons' original order. The
     reference is the package's ``prune_mlp_width`` on a one-block Llama.
     """
+    __tracebackhide__ = True
     name = "slice_mlp"
     gen = generator(95 + seed)
     for hidden, intermediate, keep in _width_slice_cases(seed):
@@ -195,7 +203,7 @@ def check_slice_mlp(slice_mlp: Callable, seed: int = 0) -> None:
         where = (f"with hidden {hidden}, {intermediate} neurons and keep = {keep.tolist()}")
         inputs = [gate.clone(), up.clone(), down.clone(), keep.clone()]
         try:
-            result = call(slice_mlp, *inputs, name=name)
+            result = call(slice_mlp, *inputs, name=name, returns="(gate_weight, up_weight, down_weight) with only the kept neurons")
         except CheckFailed as error:
             if "index" in str(error).lower():
                 raise CheckFailed(f"{error}\n{where}: gate_proj and up_proj weights are (intermediate, hidden): a neuron "
