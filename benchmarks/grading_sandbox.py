@@ -60,11 +60,14 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, default=None, help="a checkout of the package before the sandbox")
+    parser.add_argument("--jobs", type=int, default=1, help="--jobs of the sandbox and no-sandbox runs (the baseline "
+                                                            "grades one student at a time)")
     args = parser.parse_args()
     assignments = args.assignments.split(",")
     root = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
     subs = _batch(root, assignments, args.students)
-    configs = {"sandbox": ([], None), "no_sandbox": (["--no-sandbox"], None)}
+    jobs = ["--jobs", str(args.jobs)]
+    configs = {"sandbox": (jobs, None), "no_sandbox": (["--no-sandbox", *jobs], None)}
     if args.baseline:
         configs["baseline"] = ([], str(args.baseline.resolve()))
     times: dict[str, list[float]] = {name: [] for name in configs}
@@ -75,7 +78,7 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     medians = {name: statistics.median(t) for name, t in times.items()}
     per_student = {name: round(m / args.students, 2) for name, m in medians.items()}
-    result = {"benchmark": "grading_sandbox", "assignments": assignments, "students": args.students,
+    result = {"benchmark": "grading_sandbox", "assignments": assignments, "students": args.students, "jobs": args.jobs,
               "rounds": args.rounds, "seconds": times, "median_seconds": medians,
               "median_seconds_per_student": per_student,
               "sandbox_over_no_sandbox": round(medians["sandbox"] / medians["no_sandbox"], 3), **machine()}
