@@ -8,7 +8,7 @@ row's **expected reconstruction error** over the calibration inputs ``x``:
 
     eps_r = E[ W_r x - W'_r x ] = sum_j (W_rj - W'_rj) E[x_j]
 
-(``W`` dense, ``W'`` pruned). Each cycle (the paper's Sec. 3, its Algorithm 1):
+(``W`` dense, ``W'`` pruned). Each cycle (the paper's method section and its pseudocode):
 
 * grow: among the pruned weights, the one with the largest ``sign(eps_r) * W_ri E[x_i] / Var[x_i]^p``
   (restoring it moves ``eps_r`` towards 0 the most, preferring inputs whose contribution varies

@@ -1,7 +1,7 @@
 """RIA: Relative Importance and Activations (Zhang, Bai, Lin, Zhao, Hou & Cannistraci, "Plug-and-Play: An
 Efficient Post-training Pruning Method for Large Language Models", ICLR 2024).
 
-Score of weight ``W_ij`` of an ``(out, in)`` matrix (the paper's RI and RIA definitions, Sec. 3):
+Score of weight ``W_ij`` of an ``(out, in)`` matrix (the paper's definitions of RI and RIA):
 
     RI_ij  = |W_ij| / sum_k |W_kj|  +  |W_ij| / sum_k |W_ik|      (against its column's and its row's L1 sum)
     RIA_ij = RI_ij * (||X_j||_2)^a,   a = 0.5 by default
@@ -11,7 +11,7 @@ matters if it is large *relative to the other weights of its input channel and o
 neuron*, which keeps whole channels from being pruned away; ``a < 1`` damps the activation
 outliers that dominate Wanda's ``|W| * ||X||``.
 
-Channel permutation for N:M (the paper's "channel permutation", Sec. 4): N:M keeps N of every M
+Channel permutation for N:M (the paper's second component): N:M keeps N of every M
 *consecutive* input weights, so which input channels share a group decides what can be kept.
 Permuting the input channels (columns) so that strong channels are spread over the groups keeps
 more of the total score. :func:`ria_channel_permutation` implements the reference's *heuristic
