@@ -50,6 +50,8 @@ Where ours differs from the reference code (``lib/prune.py``, ``prune_DSnoT``) a
 * **which layers**: the reference skips the MLP linears by default (``--skip_layer mlp``); the
   guard makes DSnoT safe on every layer, so ours edits every prunable linear (one protocol for
   all methods).
+* the N of a pattern is the number kept (:mod:`pruning_course.masks`); the reference prunes N of
+  every M and only allows 2:4 and 4:8, where both readings agree.
 * the reference's N:M branch uses the base method's score (not Wanda's) to choose which weight of
   the group to prune; ours uses Wanda's score in both branches.
 """

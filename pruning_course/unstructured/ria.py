@@ -45,6 +45,9 @@ Where ours differs from the reference code (``lib/prune.py``, ``prune_ria``) and
   increases the kept score), which needs no SciPy and never lowers the kept score. We also keep
   the identity permutation when the heuristic keeps less than it, so the permuted mask keeps at
   least the score of the plain N:M mask, which the reference does not guarantee.
+* the N of a pattern: the reference (like the Wanda code it builds on) *prunes* N of every M
+  (``topk(..., prune_n, largest=False)``), so its "1:4" keeps three; here N is the number *kept*
+  (:mod:`pruning_course.masks`). For 2:4 and 4:8 the two readings agree.
 * the reference's default importance of a column is the sum of its scores (``--importance_score
   sum``); its two "retained degree" variants are not implemented.
 """
