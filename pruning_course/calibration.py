@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -102,6 +103,55 @@ def collect_input_statistic(linear: nn.Module, model: Callable, batches, statist
                 model(batch)
     finally:
         handle.remove()
+    return stat.value
+
+
+@dataclass(frozen=True)
+class Moments:
+    """First and second moments of a layer's inputs over ``tokens`` calibration tokens (float32):
+    ``mean[j] = E[x_j]``, ``mean_sq[j] = E[x_j^2]`` and ``second_moment = E[x x^T]``."""
+
+    tokens: int
+    mean: torch.Tensor
+    mean_sq: torch.Tensor
+    second_moment: torch.Tensor
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """``Var[x_j] = E[x_j^2] - E[x_j]^2`` over all calibration tokens."""
+        return (self.mean_sq - self.mean.pow(2)).clamp_min(0)
+
+
+class InputMoments(InputStatistic):
+    """DSnoT's statistic: the mean and mean square of every input feature, and ``E[x x^T]``.
+
+    The mean and the variance drive DSnoT's expected reconstruction error and its growing
+    criterion; ``mean_sq`` is :class:`SquaredInputNorm`'s value and ``2 E[x x^T]`` is
+    :class:`InputHessian`'s, so the base method (Wanda, SparseGPT) runs on the same pass. The
+    per-feature sums are kept in float64 so that ``E[x^2] - E[x]^2`` does not cancel badly."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        device = module.weight.device
+        self.sum = torch.zeros(self.in_features, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros(self.in_features, dtype=torch.float64, device=device)
+        self.xtx = torch.zeros(self.in_features, self.in_features, device=device)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        self.sum += x.sum(dim=0, dtype=torch.float64)
+        self.sum_sq += x.double().pow(2).sum(dim=0)
+        self.xtx.addmm_(x.t(), x)
+
+    @property
+    def value(self) -> Moments:
+        n = max(self.tokens, 1)
+        return Moments(self.tokens, (self.sum / n).float(), (self.sum_sq / n).float(), self.xtx / n)
+
+
+def layer_moments(x: torch.Tensor) -> Moments:
+    """:class:`Moments` of one layer's inputs ``x`` (``(tokens, in)`` or ``(batch, seq, in)``), for inputs at hand."""
+    stat = InputMoments(nn.Linear(x.shape[-1], 1, bias=False, device=x.device))
+    stat.add(x.detach())
     return stat.value
 
 

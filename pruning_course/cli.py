@@ -1,6 +1,7 @@
 """The ``pruning-course`` command.
 
     pruning-course prune   --model smollm2-135m --method wanda --sparsity 0.5 [--pattern 2:4] --eval --json OUT [--save DIR]
+                           (--method ria [--pattern 2:4 --permute], --method dsnot [--base sparsegpt])
     pruning-course eval    --model M_OR_DIR --json OUT
     pruning-course compare [--json OUT] [--plot PNG]     # the course's headline table
     pruning-course prune ... --dataset python-stdlib --calib-dataset wiki-sample+python-stdlib
@@ -220,6 +221,28 @@ def _write_json(path: Path | None, payload) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _method_options(args, nm) -> dict:
+    """The method's own options from ``prune``'s flags (RIA's ``--permute``, DSnoT's ``--base``),
+    checked before anything is loaded."""
+    from .methods import get_method
+    from .unstructured.ria import check_permutation
+
+    options = {}
+    if args.permute:
+        if args.method != "ria":
+            raise UsageError(f"--permute is RIA's channel permutation for N:M; it does not apply to --method {args.method}")
+        check_permutation(True, nm)
+        options["permute"] = True
+    if args.base is not None:
+        if args.method != "dsnot":
+            raise UsageError(f"--base names the mask DSnoT starts from; it does not apply to --method {args.method}")
+        options["base"] = args.base
+    if args.method == "dsnot":
+        options.setdefault("base", "wanda")  # recorded, so the JSON says which mask DSnoT edited
+    get_method(args.method).check_options(options)
+    return options
+
+
 def cmd_prune(args) -> int:
     from .evaluate import prune_and_measure
     from .masks import resolve_target
@@ -227,7 +250,8 @@ def cmd_prune(args) -> int:
     from .unstructured.owl import owl_sparsities
 
     check_method(args.method)
-    resolve_target(args.sparsity, args.pattern)  # fail on bad input before loading anything
+    _, nm = resolve_target(args.sparsity, args.pattern)  # fail on bad input before loading anything
+    options = _method_options(args, nm)
     _positive("calib-samples", args.calib_samples)
     _check_datasets(args)
     _check_outputs(args, save_dir=True)
@@ -247,9 +271,10 @@ def cmd_prune(args) -> int:
     test_ids = _token_splits(tokenizer, args.dataset, loaded)["test"] if args.eval else None
     record = prune_and_measure(
         model, adapter, args.method, args.sparsity, args.pattern, windows, owl=owl,
-        test_ids=test_ids, **_measure_options(args, device),
+        test_ids=test_ids, **_measure_options(args, device), **options,
     )
-    record.update(model=args.model, **_dataset_fields(args, windows is not None), seed=args.seed, seqlen=args.seqlen)
+    record.update(model=args.model, **_dataset_fields(args, windows is not None), seed=args.seed, seqlen=args.seqlen,
+                  **options)
     print(_format_table([record]), flush=True)  # the result is out before anything can fail to save
     _write_json(args.json_out, record)
     if args.save:
@@ -505,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, defaults)
     _add_prune_args(p, defaults)
     _add_calib_dtype(p)
-    p.add_argument("--method", required=True, help="magnitude, wanda or sparsegpt")
+    p.add_argument("--method", required=True, help="magnitude, wanda, sparsegpt, ria or dsnot")
+    p.add_argument("--permute", action="store_true", help="ria with an N:M --pattern: channel permutation before choosing the mask")
+    p.add_argument("--base", default=None, help="dsnot: the method whose mask DSnoT edits (wanda, the default, sparsegpt, magnitude or ria)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove, in (0, 1)")
     p.add_argument("--pattern", default=None, help="N:M semi-structured pattern, e.g. 2:4 (implies sparsity 1 - N/M)")
     p.add_argument("--eval", action="store_true", help="measure test perplexity after pruning")

@@ -16,11 +16,13 @@ from .architectures import ArchitectureAdapter, weight_matrix
 from .masks import resolve_target
 from .oneshot import OneShotMethod
 from .schedules import BlockSparsity
+from .unstructured.dsnot import DSNOT
 from .unstructured.magnitude import MAGNITUDE
+from .unstructured.ria import RIA
 from .unstructured.sparsegpt import SPARSEGPT
 from .unstructured.wanda import WANDA
 
-REGISTRY: dict[str, OneShotMethod] = {method.name: method for method in (MAGNITUDE, WANDA, SPARSEGPT)}
+REGISTRY: dict[str, OneShotMethod] = {method.name: method for method in (MAGNITUDE, WANDA, SPARSEGPT, RIA, DSNOT)}
 
 
 def register(method: OneShotMethod) -> OneShotMethod:

@@ -35,11 +35,11 @@ def registered(monkeypatch):
     return WANDA_MATRIX
 
 
-def test_the_registry_holds_the_three_methods_with_their_statistics():
-    assert list(REGISTRY) == ["magnitude", "wanda", "sparsegpt"]
-    assert [m.needs_data for m in REGISTRY.values()] == [False, True, True]
+def test_the_registry_holds_the_five_methods_with_their_statistics():
+    assert list(REGISTRY) == ["magnitude", "wanda", "sparsegpt", "ria", "dsnot"]
+    assert [m.needs_data for m in REGISTRY.values()] == [False, True, True, True, True]
     assert get_method("sparsegpt").options == ("blocksize", "percdamp")
-    with pytest.raises(ValueError, match="unknown pruning method 'obs'; choose one of: magnitude, wanda, sparsegpt"):
+    with pytest.raises(ValueError, match="unknown pruning method 'obs'; choose one of: magnitude, wanda, sparsegpt, ria, dsnot"):
         get_method("obs")
 
 
