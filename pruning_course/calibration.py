@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,6 +267,60 @@ def capture_block_inputs(
         for module in pre_modules:
             module.to(home)
     return captured
+
+
+class _Replay(nn.Module):
+    """Stands in for a lower block whose outputs are known: the first one returns the cached hidden
+    states, the rest pass them on."""
+
+    def __init__(self, source: dict, first: bool):
+        super().__init__()
+        self.source, self.first = source, first
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.source["hidden"] if self.first else hidden_states
+
+
+@contextmanager
+def replaying_lower_blocks(model: nn.Module, adapter: ArchitectureAdapter, first_block: int):
+    """Swap blocks ``0 .. first_block - 1`` for replays; yields a dict whose ``"hidden"`` the caller
+    sets per batch to the hidden states entering block ``first_block``. The embeddings and the
+    model's own position and mask computations still run, so the blocks from ``first_block`` on
+    get exactly the arguments of a full forward."""
+    blocks = adapter.blocks(model)
+    source: dict = {"hidden": None}
+    originals = [blocks[i] for i in range(first_block)]
+    for i in range(first_block):
+        blocks[i] = _Replay(source, first=(i == 0))
+    try:
+        yield source
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+
+
+@contextmanager
+def recording_block_inputs(model: nn.Module, adapter: ArchitectureAdapter):
+    """While active, every forward appends to the yielded list one entry per call: the hidden
+    states entering each decoder block, ``[block 0, block 1, ...]`` (copies; the forward is not
+    stopped, unlike :func:`capture_block_inputs`)."""
+    recorded: list[list[torch.Tensor]] = []
+    blocks = adapter.blocks(model)
+
+    def hook(index):
+        def record(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                recorded.append([])
+            recorded[-1].append(hidden.detach().clone())
+        return record
+
+    handles = [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def block_statistics(block: nn.Module, adapter: ArchitectureAdapter, inputs, statistic: type[InputStatistic],

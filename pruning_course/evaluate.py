@@ -57,6 +57,14 @@ def eval_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None)
     return ids[: n * seqlen].view(n, seqlen)
 
 
+def summed_nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
+    """Summed next-token NLL of a batch of windows: token ``t + 1`` predicted from the logits at ``t``.
+
+    Row by row, in float32: no copy of the whole ``(batch, seq, vocab)`` tensor."""
+    return sum(float(F.cross_entropy(row_logits[:-1].float(), row_ids[1:], reduction="sum"))
+               for row_logits, row_ids in zip(logits, batch))
+
+
 @torch.no_grad()
 def perplexity(
     model: nn.Module,
@@ -76,9 +84,7 @@ def perplexity(
     total_nll, predicted = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc=f"perplexity@{seqlen}", unit="batch", disable=not progress):
         batch = batch.to(device)
-        logits = model(input_ids=batch, use_cache=False).logits
-        for row_logits, row_ids in zip(logits, batch):  # row by row: no copy of the whole (batch, seq, vocab) tensor
-            total_nll += float(F.cross_entropy(row_logits[:-1].float(), row_ids[1:], reduction="sum"))
+        total_nll += summed_nll(model(input_ids=batch, use_cache=False).logits, batch)
         predicted += batch[:, 1:].numel()
     model.train(was_training)
     mean_nll = total_nll / predicted

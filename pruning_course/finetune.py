@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import InputError
 from .architectures import ArchitectureAdapter
-from .calibration import capture_block_inputs
+from .calibration import capture_block_inputs, replaying_lower_blocks
 from .model_files import writing
 from .data import calibration_windows
-from .evaluate import PerplexityResult, eval_windows
+from .evaluate import PerplexityResult, eval_windows, summed_nll
 from .unstructured.movement import (
     METHODS,
     MLP,
@@ -177,32 +175,6 @@ def cache_block_inputs(
     return torch.cat([hidden.detach().clone() for hidden, _ in captured])
 
 
-class _Replay(nn.Module):
-    """Stands in for a frozen lower block: the first one returns the cached hidden states, the rest pass them on."""
-
-    def __init__(self, source: dict, first: bool):
-        super().__init__()
-        self.source, self.first = source, first
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return self.source["hidden"] if self.first else hidden_states
-
-
-@contextmanager
-def replaying_lower_blocks(model: nn.Module, adapter: ArchitectureAdapter, first_block: int):
-    """Swap blocks ``0 .. first_block - 1`` for replays; yields a dict whose ``"hidden"`` the caller sets per batch."""
-    blocks = adapter.blocks(model)
-    source: dict = {"hidden": None}
-    originals = [blocks[i] for i in range(first_block)]
-    for i in range(first_block):
-        blocks[i] = _Replay(source, first=(i == 0))
-    try:
-        yield source
-    finally:
-        for i, block in enumerate(originals):
-            blocks[i] = block
-
-
 def prepare_data(
     model: nn.Module, adapter: ArchitectureAdapter, splits: dict[str, torch.Tensor], config: FineTuneConfig,
     *, progress: bool = True,
@@ -250,9 +222,7 @@ def cached_perplexity(
         for start in tqdm(range(0, len(windows), batch_size), desc="validation", unit="batch", disable=not progress):
             batch = windows[start : start + batch_size]
             hidden = data.val_hidden[start : start + batch_size] if use_cache else None
-            logits = _forward(model, batch, hidden, source if use_cache else None).logits
-            for row_logits, row_ids in zip(logits, batch):
-                total_nll += float(F.cross_entropy(row_logits[:-1].float(), row_ids[1:], reduction="sum"))
+            total_nll += summed_nll(_forward(model, batch, hidden, source if use_cache else None).logits, batch)
     model.train(was_training)
     mean_nll = total_nll / windows[:, 1:].numel()
     return PerplexityResult(ppl=math.exp(mean_nll), seqlen=windows.shape[1], windows=windows.shape[0],

@@ -21,9 +21,10 @@ import ast
 import functools
 import inspect
 import textwrap
+import time
 from collections.abc import Callable
 
-__all__ = ["is_unfinished", "learner_finished", "use_reference_if_unfinished", "value_scale"]
+__all__ = ["NotebookRuntime", "is_unfinished", "learner_finished", "use_reference_if_unfinished", "value_scale"]
 
 
 def is_unfinished(fn: Callable) -> bool:
@@ -105,3 +106,25 @@ def value_scale(values, spread: float = 10.0) -> str:
     if not values or min(values) <= 0:
         return "linear"
     return "log" if max(values) / min(values) >= spread else "linear"
+
+
+class NotebookRuntime:
+    """Wall time since the setup cell: every notebook's last cell prints it (the README's table of
+    runtimes is measured by ``benchmarks/notebook_runtimes.py``, which runs the notebooks the same way)."""
+
+    def __init__(self):
+        import torch
+
+        from .settings import quick_mode
+
+        self.start = time.perf_counter()
+        self.mode = "quick mode, tiny model" if quick_mode() else "full mode, SmolLM2-135M"
+        self.threads = torch.get_num_threads()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __str__(self) -> str:
+        minutes, seconds = divmod(round(self.seconds()), 60)
+        return (f"notebook runtime: {minutes} min {seconds:02d} s from the setup cell to here "
+                f"({self.mode}, {self.threads} torch threads)")

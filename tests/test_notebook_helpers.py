@@ -162,3 +162,28 @@ def test_an_exercise_is_rebound_to_the_reference_only_after_every_test_of_it():
                                    and re.search(rf"\b{exercise}\b", s)]
                     assert later_tests == [], f"{name}: a graded cell after the fallback would score the reference"
     assert rebinds >= 13  # 03, 05, 09, 10, 11, 12
+
+
+def test_every_notebook_starts_its_clock_first_and_prints_its_runtime_last():
+    """The README's runtimes are what each notebook's last cell prints (issue 15)."""
+    import json
+    from pathlib import Path
+
+    notebooks = sorted((Path(__file__).resolve().parent.parent / "solutions").glob("*/*.ipynb"))
+    assert len(notebooks) == 12
+    for path in notebooks:
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        assert "".join(cells[0]["source"]).startswith("from pruning_course.notebook_helpers import NotebookRuntime\n"
+                                                      "NOTEBOOK_RUNTIME = NotebookRuntime()"), path.name
+        assert "".join(cells[-1]["source"]) == "print(NOTEBOOK_RUNTIME)", path.name
+
+
+def test_the_runtime_line_says_how_long_in_which_mode(monkeypatch):
+    from pruning_course import notebook_helpers
+
+    monkeypatch.setenv("PRUNING_COURSE_QUICK", "1")
+    clock = notebook_helpers.NotebookRuntime()
+    clock.start -= 125.4
+    line = str(clock)
+    assert line.startswith("notebook runtime: 2 min 05 s from the setup cell to here (quick mode, tiny model, ")
+    assert line.endswith(f"{torch.get_num_threads()} torch threads)")

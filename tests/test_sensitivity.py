@@ -61,6 +61,25 @@ def test_block_sensitivity_equals_pruning_that_block_alone_by_hand(tiny, eval_id
         assert r.delta_nll == pytest.approx(r.nll - r.dense_nll) and r.delta_ppl == pytest.approx(r.ppl - dense, rel=1e-6)
 
 
+@pytest.mark.parametrize("unit", ["block", "linear"])
+def test_replaying_the_dense_prefix_gives_the_numbers_of_full_forwards_and_skips_it(tiny, eval_ids, unit):
+    model, adapter, _ = tiny
+    full = layer_sensitivity(model, adapter, eval_ids, 0.5, "magnitude", unit, seqlen=SEQLEN, batch_size=4,
+                             max_cache_mb=0, progress=False)
+    calls = [0] * len(adapter.blocks(model))
+    handles = [block.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, block in enumerate(adapter.blocks(model))]
+    replayed = layer_sensitivity(model, adapter, eval_ids, 0.5, "magnitude", unit, seqlen=SEQLEN, batch_size=4,
+                                 progress=False)
+    for handle in handles:
+        handle.remove()
+    assert [(r.name, r.ppl, r.dense_ppl, r.nll) for r in replayed] == [(r.name, r.ppl, r.dense_ppl, r.nll) for r in full]
+    batches = 2  # 6 windows in batches of 4
+    units_up_to = [sum(1 for r in replayed if r.index <= i) for i in range(len(calls))]
+    assert calls == [batches * (1 + n) for n in units_up_to]  # the dense pass, then only the units at or below it
+    assert ppl_of(model, eval_ids) == pytest.approx(full[0].dense_ppl, rel=1e-12)  # nothing left swapped in
+
+
 def test_a_block_that_is_already_zero_has_no_sensitivity(tiny, eval_ids):
     model, adapter, _ = tiny
     for linear in adapter.linears(adapter.blocks(model)[1]).values():
