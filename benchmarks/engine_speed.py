@@ -6,11 +6,13 @@ train split, seed 0):
 
 * ``floor``: the calibration tokens through the decoder blocks, block by block, twice (the two
   passes every blockwise method needs: statistics, then the pruned block's outputs); nothing else;
+  ``floor_bf16`` the same in bfloat16, the bar of the ``*_bf16`` rows;
 * ``reference_wanda`` / ``reference_sparsegpt``: the loop of the papers' reference code, written
   here (not copied): one window per forward, the statistic accumulated in a forward hook with the
   reference's running-mean update (Wanda's ``scaler_row``, SparseGPT's ``H *= n / (n + 1)``), then
   the per-layer step -- for Wanda the reference's per-row ``torch.sort``, for SparseGPT the
-  course's own column sweep (so the two SparseGPT rows differ by the engine only);
+  column sweep in the reference code's layout (``_reference_layout_sweep``: ``W`` kept
+  ``(out, in)``, a threshold on the block's sorted OBS errors);
 * ``wanda`` / ``sparsegpt``: the course's ``prune_model`` (batched forwards, float32);
 * ``wanda_bf16`` / ``sparsegpt_bf16``: the same with ``calib_dtype=torch.bfloat16``.
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from _common import machine
 
-CONFIGS = ("floor", "reference_wanda", "wanda", "wanda_bf16", "reference_sparsegpt", "sparsegpt", "sparsegpt_bf16")
+CONFIGS = ("floor", "floor_bf16", "reference_wanda", "wanda", "wanda_bf16", "reference_sparsegpt", "sparsegpt", "sparsegpt_bf16")
 
 
 def _setup(args):
@@ -50,17 +52,61 @@ def _setup(args):
     return model, adapter, windows, splits
 
 
-def _floor(model, adapter, windows) -> None:
+def _floor(model, adapter, windows, dtype=None) -> None:
+    """Two passes through every block; with ``dtype``, on a copy of each block and inputs cast as
+    ``run_blockwise(dtype=...)`` casts them (so ``floor_bf16`` is the bar of the bf16 rows)."""
+    import copy
+
     import torch
 
-    from pruning_course.calibration import _hidden_states, capture_block_inputs
+    from pruning_course.calibration import _cast_floats, _hidden_states, capture_block_inputs
 
     with torch.no_grad():
         inputs = capture_block_inputs(model, adapter, windows, batch_size=8)
+        if dtype is not None:
+            inputs = [(_cast_floats(h, dtype), _cast_floats(kw, dtype)) for h, kw in inputs]
         for block in adapter.blocks(model):
+            runner = block if dtype is None else copy.deepcopy(block).to(dtype)
             for _ in range(2):
-                outputs = [(_hidden_states(block(h, **kw)), kw) for h, kw in inputs]
+                outputs = [(_hidden_states(runner(h, **kw)), kw) for h, kw in inputs]
             inputs = outputs
+
+
+def _reference_layout_sweep(weight, hessian, sparsity: float, blocksize: int = 128, percdamp: float = 0.01):
+    """SparseGPT's Algorithm 1 laid out as the reference code lays it out (written from the paper,
+    not copied): ``W`` stays ``(out, in)``, each column ``W[:, i]`` a strided slice, the adaptive
+    mask of a block by one threshold on the sorted OBS errors. The course's sweep
+    (``obs_column_sweep``) does the same math on ``W^T``; this is what it is timed against."""
+    import torch
+
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H.diagonal().add_(percdamp * torch.mean(torch.diag(H)))
+    H_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    prune = torch.zeros_like(W, dtype=torch.bool)
+    columns = W.shape[1]
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1, Q1, Err1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1), torch.zeros(W.shape[0], i2 - i1)
+        H_inv1 = H_inv[i1:i2, i1:i2]
+        errors = W1 ** 2 / torch.diag(H_inv1).reshape(1, -1) ** 2
+        threshold = torch.sort(errors.flatten())[0][int(errors.numel() * sparsity)]
+        mask1 = errors <= threshold
+        for i in range(i2 - i1):
+            w, d = W1[:, i], H_inv1[i, i]
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ H_inv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        prune[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ H_inv[i1:i2, i2:]
+    return W, ~prune
 
 
 def _reference_loop(model, adapter, windows, method: str, sparsity: float) -> dict:
@@ -69,7 +115,6 @@ def _reference_loop(model, adapter, windows, method: str, sparsity: float) -> di
 
     from pruning_course.architectures import set_weight_matrix, weight_matrix
     from pruning_course.calibration import _hidden_states, capture_block_inputs
-    from pruning_course.unstructured.sparsegpt import sparsegpt_prune
 
     masks = {}
     with torch.no_grad():
@@ -107,7 +152,7 @@ def _reference_loop(model, adapter, windows, method: str, sparsity: float) -> di
                     prune.scatter_(1, order[:, : int(weight.shape[1] * sparsity)], True)
                     pruned, keep = weight.masked_fill(prune, 0), ~prune
                 else:
-                    pruned, keep = sparsegpt_prune(weight, stats[name], sparsity)
+                    pruned, keep = _reference_layout_sweep(weight, stats[name], sparsity)
                 set_weight_matrix(linear, pruned)
                 masks[f"{adapter.blocks_path}.{index}.{name}"] = keep
             inputs = [(_hidden_states(block(h, **kw)), kw) for h, kw in inputs]
@@ -124,8 +169,8 @@ def run_one(config: str, args, masks_path: Path) -> dict:
     reset_peak_rss()
     start = time.perf_counter()
     masks = None
-    if config == "floor":
-        _floor(model, adapter, windows)
+    if config.startswith("floor"):
+        _floor(model, adapter, windows, torch.bfloat16 if config == "floor_bf16" else None)
     elif config.startswith("reference_"):
         masks = _reference_loop(model, adapter, windows, config.removeprefix("reference_"), args.sparsity)
     else:
@@ -192,8 +237,13 @@ def main() -> None:
         for c in (method, f"{method}_bf16"):
             if c in medians and f"reference_{method}" in medians:
                 ratios[f"{c}_over_reference"] = round(medians[c] / medians[f"reference_{method}"], 3)
-            if c in medians and "floor" in medians:
-                ratios[f"{c}_over_floor"] = round(medians[c] / medians["floor"], 3)
+            floor = "floor_bf16" if c.endswith("_bf16") else "floor"
+            if c in medians and floor in medians:
+                ratios[f"{c}_over_{floor}"] = round(medians[c] / medians[floor], 3)
+        if method in medians and f"{method}_bf16" in medians:
+            ratios[f"{method}_float32_over_bf16"] = round(medians[method] / medians[f"{method}_bf16"], 3)
+    if "floor" in medians and "floor_bf16" in medians:
+        ratios["floor_over_floor_bf16"] = round(medians["floor"] / medians["floor_bf16"], 3)
     print(json.dumps({"benchmark": "engine_speed", "model": args.model, "seqlen": args.seqlen,
                       "calib_samples": args.calib_samples, "sparsity": args.sparsity, "rounds": args.rounds,
                       "median_seconds": medians, "ratios": ratios, "mask_agreement": agreement,
