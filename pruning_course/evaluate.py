@@ -40,6 +40,13 @@ class PerplexityResult:
         """The fields a result record (``prune --json``, ``eval --json``) keeps."""
         return {"ppl": self.ppl, "seqlen": self.seqlen, "eval_tokens": self.eval_tokens, "eval_windows": self.windows}
 
+    @classmethod
+    def of_windows(cls, total_nll: float, windows: torch.Tensor) -> PerplexityResult:
+        """The result for ``total_nll``, the NLL summed over every predicted token of the ``(n, seqlen)`` windows."""
+        mean_nll = total_nll / windows[:, 1:].numel()
+        return cls(ppl=math.exp(mean_nll), seqlen=windows.shape[1], windows=windows.shape[0],
+                   eval_tokens=windows.numel(), mean_nll=mean_nll)
+
     def __str__(self) -> str:
         return f"perplexity {self.ppl:.3f} (seqlen {self.seqlen}, {self.eval_tokens:,} tokens in {self.windows} windows)"
 
@@ -81,16 +88,12 @@ def perplexity(
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_nll, predicted = 0.0, 0
+    total_nll = 0.0
     for batch in tqdm(windows.split(batch_size), desc=f"perplexity@{seqlen}", unit="batch", disable=not progress):
         batch = batch.to(device)
         total_nll += summed_nll(model(input_ids=batch, use_cache=False).logits, batch)
-        predicted += batch[:, 1:].numel()
     model.train(was_training)
-    mean_nll = total_nll / predicted
-    return PerplexityResult(
-        ppl=math.exp(mean_nll), seqlen=seqlen, windows=windows.shape[0], eval_tokens=windows.numel(), mean_nll=mean_nll
-    )
+    return PerplexityResult.of_windows(total_nll, windows)
 
 
 def relative_output_error(x: torch.Tensor, weight: torch.Tensor, new_weight: torch.Tensor) -> float:

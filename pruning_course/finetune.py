@@ -17,7 +17,6 @@ learning rate for the scores, linear LR warm-up and decay, gradient clipping at 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,9 +223,7 @@ def cached_perplexity(
             hidden = data.val_hidden[start : start + batch_size] if use_cache else None
             total_nll += summed_nll(_forward(model, batch, hidden, source if use_cache else None).logits, batch)
     model.train(was_training)
-    mean_nll = total_nll / windows[:, 1:].numel()
-    return PerplexityResult(ppl=math.exp(mean_nll), seqlen=windows.shape[1], windows=windows.shape[0],
-                            eval_tokens=windows.numel(), mean_nll=mean_nll)
+    return PerplexityResult.of_windows(total_nll, windows)
 
 
 # ---------------------------------------------------------------------------------------------

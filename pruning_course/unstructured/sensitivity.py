@@ -195,45 +195,38 @@ class _PrefixReplay:
     (see :func:`layer_sensitivity`); the protocol and numbers of :func:`~pruning_course.evaluate.perplexity`."""
 
     def __init__(self, model, adapter, windows, batch_size, device, max_cache_mb):
-        self.model, self.adapter, self.batches = model, adapter, windows.split(batch_size)
+        self.model, self.adapter, self.windows, self.batch_size = model, adapter, windows, batch_size
         self.device = device or next(model.parameters()).device
         hidden = adapter.embeddings(model)[0].weight.shape[1]
-        cache_mb = len(adapter.blocks(model)) * windows.numel() * hidden * 4 / 2**20
-        self.cached: list[list[torch.Tensor]] | None = [] if cache_mb <= max_cache_mb else None
+        self.may_cache = len(adapter.blocks(model)) * windows.numel() * hidden * 4 / 2**20 <= max_cache_mb
+        self.cached: list[list[torch.Tensor]] | None = None  # per batch: the hidden states entering each block
 
-    def _result(self, total_nll: float) -> PerplexityResult:
-        predicted = sum(batch[:, 1:].numel() for batch in self.batches)
-        windows = sum(len(batch) for batch in self.batches)
-        mean_nll = total_nll / predicted
-        return PerplexityResult(ppl=math.exp(mean_nll), seqlen=self.batches[0].shape[1], windows=windows,
-                                eval_tokens=windows * self.batches[0].shape[1], mean_nll=mean_nll)
-
-    @torch.no_grad()
     def dense(self) -> PerplexityResult:
-        return self.with_block_changed(0, record=self.cached is not None)
+        if not self.may_cache:
+            return self._evaluate(0)
+        with recording_block_inputs(self.model, self.adapter) as recorded:
+            result = self._evaluate(0)
+        self.cached = recorded
+        return result
+
+    def with_block_changed(self, index: int) -> PerplexityResult:
+        return self._evaluate(index if self.cached is not None else 0)
 
     @torch.no_grad()
-    def with_block_changed(self, index: int, record: bool = False) -> PerplexityResult:
+    def _evaluate(self, first_block: int) -> PerplexityResult:
         was_training = self.model.training
         self.model.eval()
-        first = index if self.cached and not record else 0
         total = 0.0
         try:
-            with replaying_lower_blocks(self.model, self.adapter, first) as source:
-                for number, batch in enumerate(self.batches):
+            with replaying_lower_blocks(self.model, self.adapter, first_block) as source:
+                for number, batch in enumerate(self.windows.split(self.batch_size)):
                     batch = batch.to(self.device)
-                    if first:
-                        source["hidden"] = self.cached[number][first]
-                    if record:
-                        with recording_block_inputs(self.model, self.adapter) as recorded:
-                            logits = self.model(input_ids=batch, use_cache=False).logits
-                        self.cached.append(recorded[0])
-                    else:
-                        logits = self.model(input_ids=batch, use_cache=False).logits
-                    total += summed_nll(logits, batch)
+                    if first_block:
+                        source["hidden"] = self.cached[number][first_block]
+                    total += summed_nll(self.model(input_ids=batch, use_cache=False).logits, batch)
         finally:
             self.model.train(was_training)
-        return self._result(total)
+        return PerplexityResult.of_windows(total, self.windows)
 
 
 def _average_ranks(scores: torch.Tensor) -> torch.Tensor:
