@@ -85,11 +85,15 @@ def test_dsnot_lowers_the_reconstruction_error_of_its_base_and_keeps_the_sparsit
     assert reconstruction_error(x, weight, pruned) < reconstruction_error(x, weight, base_pruned)
 
 
+def wanda_base(inputs_seed: int, rows: int, weight_seed: int, sparsity: float):
+    """A layer on shifted inputs, its moments and its Wanda mask: the base DSnoT starts from."""
+    weight = torch.randn(rows, 128, generator=torch.Generator().manual_seed(weight_seed))
+    moments = layer_moments(shifted_inputs(inputs_seed))
+    return (weight, moments, *get_method("wanda").prune_layer(weight, moments.mean_sq, sparsity, None))
+
+
 def test_the_mean_error_of_every_row_moves_towards_zero_without_changing_sign():
-    x = shifted_inputs(6)
-    weight = torch.randn(48, 128, generator=torch.Generator().manual_seed(7))
-    moments = layer_moments(x)
-    base_pruned, base_mask = get_method("wanda").prune_layer(weight, moments.mean_sq, 0.6, None)
+    weight, moments, base_pruned, base_mask = wanda_base(6, 48, 7, 0.6)
     pruned, _ = dsnot_update(weight, base_pruned, base_mask, moments, threshold=0.0)
     before, after = expected_error(weight - base_pruned, moments.mean), expected_error(weight - pruned, moments.mean)
     assert bool((after.abs() <= before.abs() + 1e-9).all()) and bool((after.abs() < before.abs()).any())
@@ -97,10 +101,7 @@ def test_the_mean_error_of_every_row_moves_towards_zero_without_changing_sign():
 
 
 def test_the_stopping_rules_cycles_and_threshold():
-    x = shifted_inputs(8)
-    weight = torch.randn(32, 128, generator=torch.Generator().manual_seed(9))
-    moments = layer_moments(x)
-    base_pruned, base_mask = get_method("wanda").prune_layer(weight, moments.mean_sq, 0.5, None)
+    weight, moments, base_pruned, base_mask = wanda_base(8, 32, 9, 0.5)
     _, none = dsnot_update(weight, base_pruned, base_mask, moments, max_cycles=0)
     assert torch.equal(none, base_mask)
     _, one = dsnot_update(weight, base_pruned, base_mask, moments, max_cycles=1)
