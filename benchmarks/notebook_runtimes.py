@@ -49,7 +49,8 @@ def run_notebook(path: Path, threads: int, timeout: int, write: bool) -> dict:
         nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                                 resources={"metadata": {"path": str(path.parent)}}).execute()
     except Exception as error:  # noqa: BLE001 -- record it, go on with the next notebook
-        record["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300] if str(error).strip() else ''}"
+        last_line = (str(error).strip().splitlines() or [""])[-1]
+        record["error"] = f"{type(error).__name__}: {last_line[:300]}"
     finally:
         for key, value in saved.items():
             if value is None:
